@@ -1,0 +1,120 @@
+//! Aggregate metrics (PROTOCOL.md section 8). Counters are lock-free
+//! prometheus atomics updated where things happen; the [`MetricsActor`]
+//! owns the registry's rendering and the sampled gauges (uptime, memory).
+//! No label ever carries a room, member, IP or token.
+
+mod actor;
+
+pub use actor::{MetricsActor, Render};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::protocol::Close;
+
+/// Reasons for `blindrelay_connections_rejected_total`.
+pub const REJECT_REASONS: [&str; 5] = ["ip_limit", "global_limit", "origin", "draining", "bad_upgrade"];
+
+/// Disconnect reasons that are not server close codes.
+pub const CLIENT_CLOSED: &str = "client_closed";
+pub const PING_TIMEOUT: &str = "ping_timeout";
+
+/// Handles to every counter and gauge.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_active: IntGauge,
+    pub connections_total: IntCounter,
+    pub connections_rejected: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    pub rooms_active: IntGauge,
+    pub messages_received: IntCounter,
+    pub messages_delivered: IntCounter,
+    pub message_bytes_received: IntCounter,
+    pub redis_up: IntGauge,
+    pub room_restarts: IntCounter,
+    pub uptime_seconds: IntGauge,
+    pub resident_memory_bytes: IntGauge,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn counter_vec(reg: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    for v in values {
+        c.with_label_values(&[*v]);
+    }
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let mut disconnect_reasons: Vec<&str> = Close::ALL.iter().map(|c| c.metric_reason()).collect();
+        disconnect_reasons.extend([CLIENT_CLOSED, PING_TIMEOUT]);
+        Metrics {
+            connections_active: gauge(&r, "blindrelay_connections_active", "Open WebSocket sessions"),
+            connections_total: counter(&r, "blindrelay_connections_total", "WebSocket sessions accepted"),
+            connections_rejected: counter_vec(
+                &r,
+                "blindrelay_connections_rejected_total",
+                "WebSocket upgrades refused",
+                "reason",
+                &REJECT_REASONS,
+            ),
+            disconnects: counter_vec(
+                &r,
+                "blindrelay_disconnects_total",
+                "WebSocket sessions ended, by reason",
+                "reason",
+                &disconnect_reasons,
+            ),
+            rooms_active: gauge(&r, "blindrelay_rooms_active", "Rooms with at least one member on this instance"),
+            messages_received: counter(&r, "blindrelay_messages_received_total", "send frames accepted"),
+            messages_delivered: counter(&r, "blindrelay_messages_delivered_total", "message frames handed to clients"),
+            message_bytes_received: counter(
+                &r,
+                "blindrelay_message_bytes_received_total",
+                "Bytes of data in accepted send frames",
+            ),
+            redis_up: gauge(&r, "blindrelay_redis_up", "1 when the cluster link is up (standalone: 1)"),
+            room_restarts: counter(&r, "blindrelay_room_restarts_total", "Room actors restarted by their supervisor"),
+            uptime_seconds: gauge(&r, "blindrelay_uptime_seconds", "Seconds since start"),
+            resident_memory_bytes: gauge(&r, "blindrelay_resident_memory_bytes", "Resident set size of the process"),
+            registry: r,
+        }
+    }
+
+    pub fn disconnect(&self, reason: &str) {
+        self.disconnects.with_label_values(&[reason]).inc();
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.connections_rejected.with_label_values(&[reason]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resident memory of this process in bytes (Linux; 0 elsewhere).
+pub fn resident_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}

@@ -1,0 +1,360 @@
+//! The session actor: join, send, leave, keep-alive, limits and every close.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
+use bytestring::ByteString;
+
+use super::outbox::Outbox;
+use crate::limits::{ConnectionSlot, SendBudget};
+use crate::metrics::{CLIENT_CLOSED, PING_TIMEOUT};
+use crate::protocol::{server, ClientFrame, Close, ErrorCode, SendFrame};
+use crate::registry::{JoinRoom, Joined};
+use crate::replay::Burn;
+use crate::room::{Deliver, JoinRefused, Leave, MemberHandle, Outgoing, Publish, Room};
+use crate::state::AppState;
+
+/// Largest message on the diagnostic echo route (Autobahn sends 16 MiB).
+const ECHO_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// What the session does with frames.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The relay protocol of PROTOCOL.md section 4.
+    Relay,
+    /// `/v1/echo`: every message back unchanged, no join, no pings.
+    Echo,
+}
+
+enum Phase {
+    AwaitingJoin,
+    /// Token verified; waiting for replay check and room.
+    Joining,
+    Joined {
+        room: Addr<Room>,
+        member: Arc<str>,
+    },
+    /// Closed or closing; frames still arriving are ignored.
+    Done,
+}
+
+pub(crate) struct WsSession {
+    app: Arc<AppState>,
+    mode: Mode,
+    phase: Phase,
+    outbox: Rc<Outbox>,
+    budget: SendBudget,
+    last_pong: Instant,
+    /// Whether this session's end has been counted in the metrics.
+    counted: bool,
+    _slot: ConnectionSlot,
+    log: slog::Logger,
+}
+
+/// Upgrades the request and starts the session actor for it.
+pub(crate) fn start(
+    app: Arc<AppState>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    slot: ConnectionSlot,
+    mode: Mode,
+    log: slog::Logger,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) = actix_ws::handle(req, payload)?;
+    let max = match mode {
+        Mode::Relay => app.settings.max_message_bytes + 4096,
+        Mode::Echo => ECHO_MAX_BYTES,
+    };
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let outbox = Outbox::new();
+    actix_rt::spawn(outbox.clone().run_writer(session));
+    let s = &app.settings;
+    let budget = SendBudget::new(s.max_msgs_per_10s, s.max_bytes_per_10s, Instant::now());
+    WsSession::create(move |ctx| {
+        ctx.add_stream(stream);
+        WsSession {
+            app,
+            mode,
+            phase: Phase::AwaitingJoin,
+            outbox,
+            budget,
+            last_pong: Instant::now(),
+            counted: false,
+            _slot: slot,
+            log,
+        }
+    });
+    Ok(response)
+}
+
+impl Actor for WsSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.app.metrics.connections_total.inc();
+        self.app.metrics.connections_active.inc();
+        slog::debug!(self.log, "session opened");
+        if self.mode == Mode::Echo {
+            return;
+        }
+        let s = &self.app.settings;
+        ctx.run_later(Duration::from_millis(s.join_timeout_ms), |act, ctx| {
+            if matches!(act.phase, Phase::AwaitingJoin) {
+                act.close(ctx, Close::JoinTimeout);
+            }
+        });
+        let timeout = Duration::from_millis(s.ws_ping_timeout_ms);
+        ctx.run_interval(Duration::from_millis(s.ws_ping_interval_ms), move |act, ctx| {
+            let sent = Instant::now();
+            act.outbox.push_control(Message::Ping(bytes::Bytes::new()));
+            ctx.run_later(timeout, move |act, ctx| {
+                if act.last_pong < sent {
+                    act.drop_peer(ctx);
+                }
+            });
+        });
+        let mut draining = self.app.draining.subscribe();
+        ctx.spawn(
+            async move {
+                let _ = draining.wait_for(|d| *d).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.close(ctx, Close::Shutdown)),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.leave_room();
+        if !self.counted {
+            self.counted = true;
+            self.app.metrics.disconnect(CLIENT_CLOSED);
+            slog::info!(self.log, "session closed"; "reason" => CLIENT_CLOSED);
+        }
+        self.app.metrics.connections_active.dec();
+    }
+}
+
+impl WsSession {
+    fn record_end(&mut self, reason: &'static str) {
+        if !self.counted {
+            self.counted = true;
+            self.app.metrics.disconnect(reason);
+            slog::info!(self.log, "session closed"; "reason" => reason);
+        }
+    }
+
+    fn leave_room(&mut self) {
+        if let Phase::Joined { room, member } = std::mem::replace(&mut self.phase, Phase::Done) {
+            room.do_send(Leave { member });
+        }
+    }
+
+    /// Ends the session with a close frame (PROTOCOL.md section 5).
+    fn close(&mut self, ctx: &mut Context<Self>, close: Close) {
+        self.record_end(close.metric_reason());
+        self.leave_room();
+        self.phase = Phase::Done;
+        // A slow consumer is not reading: what is queued would only delay
+        // the close frame.
+        self.outbox.close(close, close == Close::SlowConsumer);
+        ctx.stop();
+    }
+
+    /// Drops a peer that stopped answering pings: no close handshake.
+    fn drop_peer(&mut self, ctx: &mut Context<Self>) {
+        self.record_end(PING_TIMEOUT);
+        self.leave_room();
+        self.outbox.abort();
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, ctx: &mut Context<Self>, text: ByteString) {
+        if self.mode == Mode::Echo {
+            self.outbox.push_text(text);
+            return;
+        }
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        let frame = match ClientFrame::parse(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                slog::debug!(self.log, "invalid frame"; "problem" => %e);
+                return self.close(ctx, Close::InvalidFrame);
+            }
+        };
+        match frame {
+            ClientFrame::Join { token } => self.on_join(ctx, &token),
+            ClientFrame::Send(send) => self.on_send(ctx, &text, send),
+            ClientFrame::Leave => self.close(ctx, Close::Leave),
+        }
+    }
+
+    fn on_join(&mut self, ctx: &mut Context<Self>, token: &str) {
+        if !matches!(self.phase, Phase::AwaitingJoin) {
+            slog::debug!(self.log, "invalid frame"; "problem" => "second join");
+            return self.close(ctx, Close::InvalidFrame);
+        }
+        let claims = match self.app.tokens.verify(token) {
+            Ok(c) => c,
+            Err(e) => {
+                slog::debug!(self.log, "join refused"; "problem" => %e);
+                return self.close(ctx, Close::InvalidToken);
+            }
+        };
+        self.phase = Phase::Joining;
+        let app = self.app.clone();
+        let member = MemberHandle {
+            recipient: ctx.address().recipient(),
+            pending: self.outbox.pending.clone(),
+        };
+        let join = async move {
+            if app.replay.burn(&claims.jti, claims.exp).await == Burn::Replayed {
+                return Err(Close::TokenReplayed);
+            }
+            let joined = app
+                .registry
+                .send(JoinRoom {
+                    room: claims.room.into(),
+                    member,
+                })
+                .await;
+            match joined {
+                Ok(Ok(joined)) => Ok(joined),
+                Ok(Err(JoinRefused::RoomFull)) => Err(Close::RoomFull),
+                Ok(Err(JoinRefused::Unavailable)) | Err(_) => Err(Close::Internal),
+            }
+        };
+        // `wait` holds every other event of this session (frames, timers)
+        // until the join is settled, so a `send` right behind the `join`
+        // finds the session joined.
+        ctx.wait(join.into_actor(self).map(|res, act, ctx| match res {
+            Ok(Joined { room, member }) => {
+                if matches!(act.phase, Phase::Joining) {
+                    act.phase = Phase::Joined { room, member };
+                } else {
+                    room.do_send(Leave { member });
+                }
+            }
+            Err(close) => {
+                if close == Close::Internal {
+                    slog::error!(act.log, "join failed: room unavailable");
+                }
+                act.close(ctx, close)
+            }
+        }));
+    }
+
+    fn on_send(&mut self, ctx: &mut Context<Self>, text: &ByteString, send: SendFrame<'_>) {
+        let Phase::Joined { room, member } = &self.phase else {
+            slog::debug!(self.log, "invalid frame"; "problem" => "send before join");
+            return self.close(ctx, Close::InvalidFrame);
+        };
+        if send.data_len > self.app.settings.max_message_bytes {
+            self.outbox
+                .push_text(server::error(ErrorCode::MessageTooLarge, send.id.as_deref()));
+            return;
+        }
+        if !self.budget.charge(send.data_len, Instant::now()) {
+            return self.close(ctx, Close::RateLimited);
+        }
+        if send.to.as_deref() == Some(&**member) {
+            self.outbox
+                .push_text(server::error(ErrorCode::UnknownMember, send.id.as_deref()));
+            return;
+        }
+        // `data` is a slice of the frame the client sent: shared, not copied.
+        let data = text.slice_ref(send.data);
+        self.app.metrics.messages_received.inc();
+        self.app.metrics.message_bytes_received.inc_by(send.data_len as u64);
+        room.do_send(Publish {
+            from: member.clone(),
+            data,
+            to: send.to.map(|t| t.into()),
+            ack: send.id.map(|i| i.into()),
+        });
+    }
+
+    fn on_client_close(&mut self, ctx: &mut Context<Self>, reason: Option<CloseReason>) {
+        self.record_end(CLIENT_CLOSED);
+        self.leave_room();
+        let reply = match reason {
+            None => CloseReason::from(CloseCode::Normal),
+            Some(r) if is_valid_close_code(u16::from(r.code)) => CloseReason::from(r.code),
+            Some(_) => CloseReason::from(CloseCode::Protocol),
+        };
+        self.outbox.close_with(reply, false);
+        ctx.stop();
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 section 7.4).
+fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+impl Handler<Deliver> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        match msg.frame {
+            Outgoing::Text(frame) => self.outbox.push_counted(frame),
+            Outgoing::Close(close) => {
+                // The room has already removed this member.
+                if let Phase::Joined { .. } = self.phase {
+                    self.phase = Phase::Done;
+                }
+                self.close(ctx, close)
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(ctx, text),
+            Ok(AggregatedMessage::Binary(data)) => match self.mode {
+                Mode::Echo => self.outbox.push_binary(data),
+                Mode::Relay => self.close(ctx, Close::Binary),
+            },
+            Ok(AggregatedMessage::Ping(payload)) => self.outbox.push_control(Message::Pong(payload)),
+            Ok(AggregatedMessage::Pong(_)) => self.last_pong = Instant::now(),
+            Ok(AggregatedMessage::Close(reason)) => self.on_client_close(ctx, reason),
+            Err(e) => {
+                let close = match &e {
+                    ProtocolError::Overflow => Close::TooLarge,
+                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Close::InvalidUtf8,
+                    // The aggregator reports an oversized fragmented message this way.
+                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::Other => Close::TooLarge,
+                    ProtocolError::Io(_) => {
+                        // The connection itself failed: nobody to send a close to.
+                        slog::debug!(self.log, "connection error"; "error" => %e);
+                        self.leave_room();
+                        self.outbox.abort();
+                        ctx.stop();
+                        return;
+                    }
+                    _ => Close::Protocol,
+                };
+                slog::debug!(self.log, "protocol error"; "error" => %e);
+                self.close(ctx, close);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The client's side of the connection ended.
+        self.leave_room();
+        self.outbox.abort();
+        ctx.stop();
+    }
+}
+

@@ -1,0 +1,504 @@
+//! Configuration: `config/default.toml`, then `config/{APP_ENV}.toml` when
+//! present, then environment variables (the seed's names; `NODE_ENV` is an
+//! alias of `APP_ENV`). Every value is typed and validated here, before
+//! anything binds: a bad value is reported with the variable's name, what it
+//! got and what it wants.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::ids::new_instance_id;
+
+/// The deployment environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+    Test,
+}
+
+impl AppEnv {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppEnv::Development => "development",
+            AppEnv::Production => "production",
+            AppEnv::Test => "test",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A configuration value that cannot be used; the message says what to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {problem}")]
+pub struct SettingsError {
+    pub var: String,
+    pub problem: String,
+}
+
+/// All settings, typed. Field names are the variables' names in lower case.
+#[derive(Clone)]
+pub struct Settings {
+    pub app_env: AppEnv,
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub log_level: slog::Level,
+    pub log_format: LogFormat,
+    pub trust_proxy: bool,
+
+    pub redis_url: Option<String>,
+    pub redis_max_retries_per_request: u32,
+    pub redis_enable_ready_check: bool,
+    pub redis_connect_timeout_ms: u64,
+
+    pub join_token_secret: Vec<u8>,
+    /// True when no secret was configured and one was generated (development).
+    pub join_token_secret_generated: bool,
+    pub join_token_secret_previous: Option<Vec<u8>>,
+    pub cluster_secret: Option<Vec<u8>>,
+    pub join_token_max_ttl_secs: u64,
+    pub join_token_leeway_secs: u64,
+    pub join_token_ttl_secs: u64,
+
+    pub feature_health_endpoint: bool,
+    pub feature_metrics_endpoint: bool,
+    pub feature_readiness_endpoint: bool,
+    pub feature_graceful_shutdown: bool,
+    pub feature_cors: bool,
+    pub feature_security_headers: bool,
+    pub feature_request_id: bool,
+    pub feature_detailed_errors: bool,
+    pub feature_ip_tracking: bool,
+    pub feature_token_replay_protection: bool,
+    pub feature_slow_consumer_protection: bool,
+    pub feature_auto_room_cleanup: bool,
+    pub feature_room_api: bool,
+    pub feature_echo_endpoint: bool,
+
+    pub max_conns_per_ip: usize,
+    pub max_total_connections: usize,
+    pub max_room_creates_per_ip_per_min: u64,
+    pub max_token_mints_per_ip_per_min: u64,
+    pub http_probe_limit_per_min: u64,
+    pub max_msgs_per_10s: u64,
+    pub max_bytes_per_10s: u64,
+    pub slow_consumer_buffer_threshold: usize,
+    pub max_room_members: usize,
+    pub max_message_bytes: usize,
+
+    pub csp_directives: String,
+    pub hsts_max_age: u64,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+    pub cors_allowed_origins: Vec<String>,
+    pub cors_allow_credentials: bool,
+
+    pub metrics_export_prometheus: bool,
+    pub metrics_collection_interval_ms: u64,
+    pub log_health_check_failures: bool,
+    pub health_memory_warn_mb: u64,
+    pub health_memory_fail_mb: u64,
+
+    pub ws_ping_interval_ms: u64,
+    pub ws_ping_timeout_ms: u64,
+    pub http_keep_alive_timeout_ms: u64,
+    pub join_timeout_ms: u64,
+    pub room_idle_ttl_secs: u64,
+    pub presence_ttl_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub room_arbiters: usize,
+
+    pub service_version: String,
+    pub deployment_env: String,
+    pub instance_id: String,
+}
+
+impl fmt::Debug for Settings {
+    /// Secrets are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("app_env", &self.app_env)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("join_token_secret", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads raw `NAME -> value` pairs and turns them into typed values.
+struct Source<'a> {
+    vars: &'a HashMap<String, String>,
+}
+
+impl Source<'_> {
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(&name.to_ascii_lowercase())
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn err(name: &str, problem: String) -> SettingsError {
+        SettingsError {
+            var: name.to_owned(),
+            problem,
+        }
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or(default).to_owned()
+    }
+
+    fn opt_string(&self, name: &str) -> Option<String> {
+        self.raw(name).map(str::to_owned)
+    }
+
+    fn bool(&self, name: &str, default: bool) -> Result<bool, SettingsError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(Self::err(name, format!("got {v:?}, want true or false"))),
+            },
+        }
+    }
+
+    /// A whole number in `min..=max`.
+    fn num<T>(&self, name: &str, default: T, min: T, max: T) -> Result<T, SettingsError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        let Some(v) = self.raw(name) else {
+            return Ok(default);
+        };
+        match v.parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(Self::err(
+                name,
+                format!("got {v:?}, want a whole number from {min} to {max}"),
+            )),
+        }
+    }
+}
+
+const DEFAULT_CSP: &str = "default-src 'none'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+impl Settings {
+    /// Loads settings the way the binary does: files under `config/`, then
+    /// the process environment.
+    pub fn load() -> Result<Settings, anyhow::Error> {
+        let env_vars: HashMap<String, String> = std::env::vars()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let app_env = env_vars
+            .get("app_env")
+            .or_else(|| env_vars.get("node_env"))
+            .cloned()
+            .unwrap_or_else(|| "development".to_owned());
+        let dir = std::env::var("CONFIG_DIR").unwrap_or_else(|_| "config".to_owned());
+        let built = config::Config::builder()
+            .add_source(config::File::with_name(&format!("{dir}/default")).required(false))
+            .add_source(config::File::with_name(&format!("{dir}/{app_env}")).required(false))
+            .build()?;
+        let table: HashMap<String, config::Value> = built.try_deserialize()?;
+        let mut vars: HashMap<String, String> = table
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        vars.extend(env_vars);
+        Ok(Settings::from_vars(&vars)?)
+    }
+
+    /// Builds settings from `NAME=value` pairs alone, over the defaults (for
+    /// tests and embedding).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Settings, SettingsError> {
+        let vars: HashMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        Settings::from_vars(&vars)
+    }
+
+    fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, SettingsError> {
+        let s = Source { vars };
+        let env_raw = s
+            .raw("APP_ENV")
+            .or_else(|| s.raw("NODE_ENV"))
+            .unwrap_or("development")
+            .to_ascii_lowercase();
+        let app_env = match env_raw.as_str() {
+            "development" | "dev" => AppEnv::Development,
+            "production" | "prod" => AppEnv::Production,
+            "test" => AppEnv::Test,
+            other => {
+                return Err(Source::err(
+                    "APP_ENV",
+                    format!("got {other:?}, want development, production or test"),
+                ))
+            }
+        };
+        let prod = app_env == AppEnv::Production;
+
+        let log_level = match s.string("LOG_LEVEL", "info").to_ascii_lowercase().as_str() {
+            "trace" => slog::Level::Trace,
+            "debug" => slog::Level::Debug,
+            "info" => slog::Level::Info,
+            "warn" | "warning" => slog::Level::Warning,
+            "error" => slog::Level::Error,
+            "critical" | "fatal" => slog::Level::Critical,
+            other => {
+                return Err(Source::err(
+                    "LOG_LEVEL",
+                    format!("got {other:?}, want trace, debug, info, warn, error or critical"),
+                ))
+            }
+        };
+        let log_format = match s
+            .string("LOG_FORMAT", if prod { "json" } else { "pretty" })
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "json" => LogFormat::Json,
+            "pretty" | "text" => LogFormat::Pretty,
+            other => return Err(Source::err("LOG_FORMAT", format!("got {other:?}, want json or pretty"))),
+        };
+
+        let (join_token_secret, join_token_secret_generated) = match s.raw("JOIN_TOKEN_SECRET") {
+            Some(v) if v.len() >= 32 => (v.as_bytes().to_vec(), false),
+            Some(v) => {
+                return Err(Source::err(
+                    "JOIN_TOKEN_SECRET",
+                    format!("is {} bytes long, want at least 32 (e.g. `openssl rand -base64 48`)", v.len()),
+                ))
+            }
+            None if prod => {
+                return Err(Source::err(
+                    "JOIN_TOKEN_SECRET",
+                    "is required in production: set at least 32 random bytes (e.g. `openssl rand -base64 48`)".into(),
+                ))
+            }
+            None => {
+                let mut buf = [0u8; 32];
+                getrandom::fill(&mut buf).expect("the operating system's random source failed");
+                let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+                (hex.into_bytes(), true)
+            }
+        };
+        let join_token_secret_previous = match s.raw("JOIN_TOKEN_SECRET_PREVIOUS") {
+            Some(v) if v.len() < 32 => {
+                return Err(Source::err(
+                    "JOIN_TOKEN_SECRET_PREVIOUS",
+                    format!("is {} bytes long, want at least 32", v.len()),
+                ))
+            }
+            v => v.map(|v| v.as_bytes().to_vec()),
+        };
+        let cluster_secret = match s.raw("CLUSTER_SECRET") {
+            Some(v) if v.len() < 32 => {
+                return Err(Source::err("CLUSTER_SECRET", format!("is {} bytes long, want at least 32", v.len())))
+            }
+            v => v.map(|v| v.as_bytes().to_vec()),
+        };
+
+        let join_token_max_ttl_secs = s.num("JOIN_TOKEN_MAX_TTL_SECS", 3600u64, 1, 86_400 * 30)?;
+        let join_token_ttl_secs = s.num("JOIN_TOKEN_TTL_SECS", 600u64.min(join_token_max_ttl_secs), 1, u64::MAX)?;
+        if join_token_ttl_secs > join_token_max_ttl_secs {
+            return Err(Source::err(
+                "JOIN_TOKEN_TTL_SECS",
+                format!("got {join_token_ttl_secs}, want at most JOIN_TOKEN_MAX_TTL_SECS ({join_token_max_ttl_secs})"),
+            ));
+        }
+
+        let ws_ping_interval_ms = s.num("WS_PING_INTERVAL_MS", 30_000u64, 10, 3_600_000)?;
+        let ws_ping_timeout_ms = s.num("WS_PING_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?;
+        let health_memory_warn_mb = s.num("HEALTH_MEMORY_WARN_MB", 1024u64, 1, u64::MAX)?;
+        let health_memory_fail_mb = s.num("HEALTH_MEMORY_FAIL_MB", 4096u64, 1, u64::MAX)?;
+        if health_memory_fail_mb < health_memory_warn_mb {
+            return Err(Source::err(
+                "HEALTH_MEMORY_FAIL_MB",
+                format!("got {health_memory_fail_mb}, want at least HEALTH_MEMORY_WARN_MB ({health_memory_warn_mb})"),
+            ));
+        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+        let cors_allowed_origins = s
+            .string("CORS_ALLOWED_ORIGINS", "")
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect::<Vec<_>>();
+        if prod && cors_allowed_origins.iter().any(|o| o == "*") {
+            return Err(Source::err(
+                "CORS_ALLOWED_ORIGINS",
+                "contains \"*\"; production wants an explicit list of origins".into(),
+            ));
+        }
+
+        Ok(Settings {
+            app_env,
+            host: s.string("HOST", "0.0.0.0"),
+            port: s.num("PORT", 8080u16, 0, u16::MAX)?,
+            workers: s.num("WORKERS", cpus, 1, 1024)?,
+            log_level,
+            log_format,
+            trust_proxy: s.bool("TRUST_PROXY", false)?,
+            redis_url: s.opt_string("REDIS_URL"),
+            redis_max_retries_per_request: s.num("REDIS_MAX_RETRIES_PER_REQUEST", 3u32, 0, 1000)?,
+            redis_enable_ready_check: s.bool("REDIS_ENABLE_READY_CHECK", true)?,
+            redis_connect_timeout_ms: s.num("REDIS_CONNECT_TIMEOUT", 10_000u64, 1, 600_000)?,
+            join_token_secret,
+            join_token_secret_generated,
+            join_token_secret_previous,
+            cluster_secret,
+            join_token_max_ttl_secs,
+            join_token_leeway_secs: s.num("JOIN_TOKEN_LEEWAY_SECS", 5u64, 0, 3600)?,
+            join_token_ttl_secs,
+            feature_health_endpoint: s.bool("FEATURE_HEALTH_ENDPOINT", true)?,
+            feature_metrics_endpoint: s.bool("FEATURE_METRICS_ENDPOINT", true)?,
+            feature_readiness_endpoint: s.bool("FEATURE_READINESS_ENDPOINT", true)?,
+            feature_graceful_shutdown: s.bool("FEATURE_GRACEFUL_SHUTDOWN", true)?,
+            feature_cors: s.bool("FEATURE_CORS", true)?,
+            feature_security_headers: s.bool("FEATURE_SECURITY_HEADERS", true)?,
+            feature_request_id: s.bool("FEATURE_REQUEST_ID", true)?,
+            feature_detailed_errors: s.bool("FEATURE_DETAILED_ERRORS", !prod)?,
+            feature_ip_tracking: s.bool("FEATURE_IP_TRACKING", false)?,
+            feature_token_replay_protection: s.bool("FEATURE_TOKEN_REPLAY_PROTECTION", true)?,
+            feature_slow_consumer_protection: s.bool("FEATURE_SLOW_CONSUMER_PROTECTION", true)?,
+            feature_auto_room_cleanup: s.bool("FEATURE_AUTO_ROOM_CLEANUP", true)?,
+            feature_room_api: s.bool("FEATURE_ROOM_API", true)?,
+            feature_echo_endpoint: s.bool("FEATURE_ECHO_ENDPOINT", false)?,
+            max_conns_per_ip: s.num("MAX_CONNS_PER_IP", 50usize, 1, usize::MAX)?,
+            max_total_connections: s.num("MAX_TOTAL_CONNECTIONS", 10_000usize, 1, usize::MAX)?,
+            max_room_creates_per_ip_per_min: s.num("MAX_ROOM_CREATES_PER_IP_PER_MIN", 10u64, 1, u64::MAX)?,
+            max_token_mints_per_ip_per_min: s.num("MAX_TOKEN_MINTS_PER_IP_PER_MIN", 60u64, 1, u64::MAX)?,
+            http_probe_limit_per_min: s.num("HTTP_PROBE_LIMIT_PER_MIN", 100u64, 1, u64::MAX)?,
+            max_msgs_per_10s: s.num("MAX_MSGS_PER_10S", 100u64, 1, u64::MAX)?,
+            max_bytes_per_10s: s.num("MAX_BYTES_PER_10S", 1_048_576u64, 1, u64::MAX)?,
+            slow_consumer_buffer_threshold: s.num("SLOW_CONSUMER_BUFFER_THRESHOLD", 1_048_576usize, 1024, usize::MAX)?,
+            max_room_members: s.num("MAX_ROOM_MEMBERS", 50usize, 1, usize::MAX)?,
+            max_message_bytes: s.num("MAX_MESSAGE_BYTES", 65_536usize, 1, 16 * 1024 * 1024)?,
+            csp_directives: s.string("CSP_DIRECTIVES", DEFAULT_CSP),
+            hsts_max_age: s.num("HSTS_MAX_AGE", 31_536_000u64, 0, u64::MAX)?,
+            hsts_include_subdomains: s.bool("HSTS_INCLUDE_SUBDOMAINS", true)?,
+            hsts_preload: s.bool("HSTS_PRELOAD", false)?,
+            cors_allowed_origins,
+            cors_allow_credentials: s.bool("CORS_ALLOW_CREDENTIALS", false)?,
+            metrics_export_prometheus: s.bool("METRICS_EXPORT_PROMETHEUS", true)?,
+            metrics_collection_interval_ms: s.num("METRICS_COLLECTION_INTERVAL_MS", 10_000u64, 100, 3_600_000)?,
+            log_health_check_failures: s.bool("LOG_HEALTH_CHECK_FAILURES", true)?,
+            health_memory_warn_mb,
+            health_memory_fail_mb,
+            ws_ping_interval_ms,
+            ws_ping_timeout_ms,
+            http_keep_alive_timeout_ms: s.num("HTTP_KEEP_ALIVE_TIMEOUT_MS", 5_000u64, 0, 3_600_000)?,
+            join_timeout_ms: s.num("JOIN_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?,
+            room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365)?,
+            presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
+            shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000)?,
+            room_arbiters: s.num("ROOM_ARBITERS", cpus, 1, 256)?,
+            service_version: s.string("SERVICE_VERSION", env!("CARGO_PKG_VERSION")),
+            deployment_env: s.string("DEPLOYMENT_ENV", app_env.as_str()),
+            instance_id: s.opt_string("INSTANCE_ID").unwrap_or_else(new_instance_id),
+        })
+    }
+
+    /// One line per setting for the start-up log, secrets redacted.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("app_env", self.app_env.as_str().to_owned()),
+            ("listen", format!("{}:{}", self.host, self.port)),
+            ("workers", self.workers.to_string()),
+            ("mode", if self.redis_url.is_some() { "cluster" } else { "standalone" }.to_owned()),
+            ("join_token_secret", if self.join_token_secret_generated { "generated" } else { "[redacted]" }.to_owned()),
+            ("join_token_secret_previous", if self.join_token_secret_previous.is_some() { "[redacted]" } else { "unset" }.to_owned()),
+            ("replay_protection", self.feature_token_replay_protection.to_string()),
+            ("room_api", self.feature_room_api.to_string()),
+            ("max_total_connections", self.max_total_connections.to_string()),
+            ("max_conns_per_ip", self.max_conns_per_ip.to_string()),
+            ("max_room_members", self.max_room_members.to_string()),
+            ("max_message_bytes", self.max_message_bytes.to_string()),
+            ("max_msgs_per_10s", self.max_msgs_per_10s.to_string()),
+            ("max_bytes_per_10s", self.max_bytes_per_10s.to_string()),
+            ("slow_consumer_buffer_threshold", self.slow_consumer_buffer_threshold.to_string()),
+            ("ws_ping_interval_ms", self.ws_ping_interval_ms.to_string()),
+            ("ws_ping_timeout_ms", self.ws_ping_timeout_ms.to_string()),
+            ("join_timeout_ms", self.join_timeout_ms.to_string()),
+            ("ip_tracking", self.feature_ip_tracking.to_string()),
+            ("trust_proxy", self.trust_proxy.to_string()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_need_nothing_in_development() {
+        let s = Settings::from_pairs([]).unwrap();
+        assert_eq!(s.app_env, AppEnv::Development);
+        assert!(s.join_token_secret_generated);
+        assert!(s.join_token_secret.len() >= 32);
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.max_message_bytes, 65_536);
+        assert_eq!(s.join_timeout_ms, 10_000);
+        assert!(!s.feature_echo_endpoint);
+    }
+
+    #[test]
+    fn production_requires_a_long_enough_secret() {
+        let e = Settings::from_pairs([("NODE_ENV", "production")]).unwrap_err();
+        assert_eq!(e.var, "JOIN_TOKEN_SECRET");
+        let e = Settings::from_pairs([("APP_ENV", "production"), ("JOIN_TOKEN_SECRET", "short")]).unwrap_err();
+        assert!(e.to_string().contains("at least 32"), "{e}");
+        let s = Settings::from_pairs([("APP_ENV", "production"), ("JOIN_TOKEN_SECRET", SECRET)]).unwrap();
+        assert_eq!(s.app_env, AppEnv::Production);
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_number_names_the_variable_what_it_got_and_what_it_wants() {
+        let e = Settings::from_pairs([("MAX_CONNS_PER_IP", "lots")]).unwrap_err();
+        assert_eq!(e.var, "MAX_CONNS_PER_IP");
+        assert!(e.problem.contains("\"lots\"") && e.problem.contains("whole number"), "{e}");
+        let e = Settings::from_pairs([("PORT", "70000")]).unwrap_err();
+        assert_eq!(e.var, "PORT");
+    }
+
+    #[test]
+    fn booleans_accept_the_usual_spellings_and_refuse_others() {
+        let s = Settings::from_pairs([("FEATURE_ROOM_API", "false"), ("TRUST_PROXY", "1")]).unwrap();
+        assert!(!s.feature_room_api && s.trust_proxy);
+        let e = Settings::from_pairs([("FEATURE_CORS", "maybe")]).unwrap_err();
+        assert_eq!(e.var, "FEATURE_CORS");
+    }
+
+    #[test]
+    fn origins_are_a_comma_separated_list() {
+        let s = Settings::from_pairs([("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example/")]).unwrap();
+        assert_eq!(s.cors_allowed_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn unknown_environment_names_are_refused() {
+        assert_eq!(Settings::from_pairs([("APP_ENV", "staging")]).unwrap_err().var, "APP_ENV");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let s = Settings::from_pairs([("JOIN_TOKEN_SECRET", SECRET)]).unwrap();
+        assert!(!format!("{s:?}").contains(SECRET));
+        assert!(!s.summary().iter().any(|(_, v)| v.contains(SECRET)));
+    }
+}

@@ -1,0 +1,224 @@
+//! Building and running one relay instance: the actors, the shared state,
+//! the HTTP server, and graceful shutdown.
+
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use actix_web_prom::PrometheusMetricsBuilder;
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::http;
+use crate::limits::{ConnectionLimiter, KeyedLimiter};
+use crate::metrics::{Metrics, MetricsActor};
+use crate::registry::{Registry, RegistryConfig};
+use crate::replay::ReplayGuard;
+use crate::room::RoomConfig;
+use crate::settings::Settings;
+use crate::state::AppState;
+use crate::token::JoinTokens;
+
+/// A built, listening relay instance.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+/// Starts graceful shutdown from outside (signals, tests).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    state: web::Data<AppState>,
+    server: ServerHandle,
+}
+
+impl Application {
+    /// Builds the instance with a logger made from the settings.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let log = crate::logging::build(&settings);
+        Self::build_with_logger(settings, log).await
+    }
+
+    /// Builds the instance: binds the listener (port 0 picks a free one),
+    /// starts the actors and the HTTP workers.
+    pub async fn build_with_logger(settings: Settings, log: slog::Logger) -> anyhow::Result<Application> {
+        if settings.redis_url.is_some() {
+            anyhow::bail!(
+                "REDIS_URL is set, but this build of blindrelay runs standalone only: unset REDIS_URL \
+                 (and run one replica) until cluster mode is available"
+            );
+        }
+        let settings = Arc::new(settings);
+        let s = &settings;
+        let metrics = Metrics::new();
+        metrics.redis_up.set(1);
+        let started = Instant::now();
+        let metrics_actor = MetricsActor::new(
+            metrics.clone(),
+            started,
+            Duration::from_millis(s.metrics_collection_interval_ms),
+        )
+        .start();
+        let registry = Registry::new(
+            RegistryConfig {
+                room: RoomConfig {
+                    max_members: s.max_room_members,
+                    slow_consumer_threshold: s
+                        .feature_slow_consumer_protection
+                        .then_some(s.slow_consumer_buffer_threshold),
+                },
+                auto_cleanup: s.feature_auto_room_cleanup,
+                idle_ttl: Duration::from_secs(s.room_idle_ttl_secs),
+                arbiters: s.room_arbiters,
+            },
+            metrics.clone(),
+            log.new(slog::o!("actor" => "registry")),
+        )
+        .start();
+        let (draining, _) = watch::channel(false);
+        let state = web::Data::new(AppState {
+            tokens: JoinTokens::new(
+                &s.join_token_secret,
+                s.join_token_secret_previous.as_deref(),
+                s.join_token_max_ttl_secs,
+                s.join_token_leeway_secs,
+            ),
+            replay: ReplayGuard::new(s.feature_token_replay_protection, s.join_token_leeway_secs),
+            registry,
+            metrics: metrics.clone(),
+            metrics_actor,
+            connections: Arc::new(ConnectionLimiter::new(s.max_conns_per_ip, s.max_total_connections)),
+            room_creates: KeyedLimiter::new(s.max_room_creates_per_ip_per_min),
+            token_mints: KeyedLimiter::new(s.max_token_mints_per_ip_per_min),
+            health_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
+            ready_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
+            metrics_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
+            draining,
+            ready: Default::default(),
+            started,
+            log: log.clone(),
+            settings: settings.clone(),
+        });
+
+        let prometheus = PrometheusMetricsBuilder::new("blindrelay")
+            .registry(metrics.registry.clone())
+            // Unmatched paths could carry anything; never label with them.
+            .mask_unmatched_patterns("UNMATCHED")
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the HTTP metrics middleware: {e}"))?;
+
+        let listener = TcpListener::bind((s.host.as_str(), s.port))
+            .with_context(|| format!("binding {}:{} (HOST, PORT)", s.host, s.port))?;
+        let port = listener.local_addr()?.port();
+        let settings_data = web::Data::new(settings.clone());
+        let app_state = state.clone();
+        let route_settings = settings.clone();
+        let server = HttpServer::new(move || {
+            let route_settings = route_settings.clone();
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(settings_data.clone())
+                .configure(move |cfg| http::routes(cfg, &route_settings))
+                .default_service(web::to(http::not_found))
+                .wrap(from_fn(http::cors))
+                .wrap(from_fn(http::security_headers))
+                .wrap(prometheus.clone())
+                .wrap(from_fn(http::request_id))
+        })
+        .workers(s.workers)
+        .backlog(4096)
+        .keep_alive(Duration::from_millis(s.http_keep_alive_timeout_ms))
+        .shutdown_timeout(s.shutdown_timeout_ms.div_ceil(1000))
+        .disable_signals()
+        .listen(listener)?
+        .run();
+
+        state.ready.store(true, Ordering::Relaxed);
+        slog::info!(log, "listening"; "port" => port, "mode" => "standalone");
+        Ok(Application { port, server, state })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that starts graceful shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            state: self.state.clone(),
+            server: self.server.handle(),
+        }
+    }
+
+    /// Test hook: makes the room's actor fail once, as a bug would.
+    #[cfg(feature = "test-hooks")]
+    pub async fn fail_room(&self, room: &str) -> bool {
+        self.state
+            .registry
+            .send(crate::registry::FailRoom { room: room.into() })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Serves until SIGTERM/SIGINT (or a [`ShutdownHandle`]) has drained
+    /// the instance.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.shutdown_handle();
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            handle.shutdown().await;
+        });
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+impl ShutdownHandle {
+    /// Graceful shutdown (PROTOCOL.md section 6): `/ready` turns 503,
+    /// upgrades get 503, every session is closed with 1012, then the server
+    /// stops once the sessions are gone or `SHUTDOWN_TIMEOUT_MS` has passed.
+    pub async fn shutdown(&self) {
+        let state = &self.state;
+        let s = &state.settings;
+        slog::info!(state.log, "shutting down"; "sessions" => state.connections.active());
+        state.ready.store(false, Ordering::Relaxed);
+        if !s.feature_graceful_shutdown {
+            self.server.stop(false).await;
+            return;
+        }
+        state.draining.send_replace(true);
+        let deadline = Instant::now() + Duration::from_millis(s.shutdown_timeout_ms);
+        while state.connections.active() > 0 && Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the last close frames leave before the workers stop.
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        slog::info!(state.log, "stopped"; "sessions_left" => state.connections.active());
+        self.server.stop(true).await;
+    }
+}

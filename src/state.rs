@@ -1,0 +1,48 @@
+//! State shared by the HTTP handlers and the session actors of one
+//! instance. Built once in [`crate::startup`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use tokio::sync::watch;
+
+use crate::limits::{ConnectionLimiter, KeyedLimiter};
+use crate::metrics::{Metrics, MetricsActor};
+use crate::registry::Registry;
+use crate::replay::ReplayGuard;
+use crate::settings::Settings;
+use crate::token::JoinTokens;
+
+pub(crate) struct AppState {
+    pub settings: Arc<Settings>,
+    pub tokens: JoinTokens,
+    pub replay: ReplayGuard,
+    pub registry: Addr<Registry>,
+    pub metrics: Metrics,
+    pub metrics_actor: Addr<MetricsActor>,
+    pub connections: Arc<ConnectionLimiter>,
+    pub room_creates: KeyedLimiter,
+    pub token_mints: KeyedLimiter,
+    pub health_limit: KeyedLimiter,
+    pub ready_limit: KeyedLimiter,
+    pub metrics_limit: KeyedLimiter,
+    /// Flips to true once, when graceful shutdown starts; every session
+    /// watches it and closes with 1012.
+    pub draining: watch::Sender<bool>,
+    /// True once the server accepts connections, false again while draining.
+    pub ready: AtomicBool,
+    pub started: Instant,
+    pub log: slog::Logger,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.is_draining()
+    }
+}
