@@ -56,9 +56,7 @@ pub fn is_valid_room_id(s: &str) -> bool {
 /// An incoming `X-Request-Id` is kept only when it is short and plain, so it
 /// cannot smuggle anything into logs or headers.
 pub fn is_valid_request_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes().all(|b| is_id_char(b) || b == b'.' || b == b':')
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| is_id_char(b) || b == b'.' || b == b':')
 }
 
 #[cfg(test)]

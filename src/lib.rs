@@ -22,4 +22,4 @@ mod session;
 mod state;
 
 pub use settings::Settings;
-pub use startup::{Application, ShutdownHandle};
+pub use startup::{AppHandle, Application};

@@ -213,7 +213,10 @@ mod tests {
         assert!(!b.try_take(1, t0 + Duration::from_millis(500)));
         assert!(b.try_take(1, t0 + Duration::from_millis(1100)));
         assert!(b.try_take(5, t0 + Duration::from_secs(60)));
-        assert!(!b.try_take(11, t0 + Duration::from_secs(600)), "never more than capacity");
+        assert!(
+            !b.try_take(11, t0 + Duration::from_secs(600)),
+            "never more than capacity"
+        );
     }
 
     #[test]

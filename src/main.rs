@@ -19,8 +19,11 @@ async fn main() -> anyhow::Result<()> {
     }
     slog::info!(log, "starting"; "version" => &settings.service_version, "config" => summary.join(" "));
     if settings.join_token_secret_generated {
-        slog::warn!(log, "JOIN_TOKEN_SECRET is not set: using a random secret for this process only; \
-                          tokens minted elsewhere will not verify (set it in production)");
+        slog::warn!(
+            log,
+            "JOIN_TOKEN_SECRET is not set: using a random secret for this process only; \
+                          tokens minted elsewhere will not verify (set it in production)"
+        );
     }
     let app = match Application::build_with_logger(settings, log.clone()).await {
         Ok(app) => app,

@@ -182,7 +182,11 @@ pub mod server {
         ByteString::from(s)
     }
 
-    pub fn welcome<'m>(room: &str, member: &str, others: impl Iterator<Item = &'m str>) -> ByteString {
+    pub fn welcome<'m>(
+        room: &str,
+        member: &str,
+        others: impl Iterator<Item = &'m str>,
+    ) -> ByteString {
         let mut s = String::with_capacity(96);
         s.push_str(r#"{"type":"welcome","room":""#);
         s.push_str(room);
@@ -420,7 +424,10 @@ mod tests {
         let codes: Vec<u16> = Close::ALL.iter().map(|c| c.code()).collect();
         assert_eq!(
             codes,
-            [1000, 1003, 1002, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4403, 4408, 4409, 4429, 4413]
+            [
+                1000, 1003, 1002, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4403, 4408, 4409, 4429,
+                4413
+            ]
         );
     }
 }

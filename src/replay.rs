@@ -3,8 +3,8 @@
 //! soon as its token could no longer be used anyway. The interface is async
 //! because the cluster keeps the same set in Redis.
 
-use std::collections::{BinaryHeap, HashSet};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Mutex;
 
 use crate::token::now_secs;
@@ -63,7 +63,8 @@ impl ReplayGuard {
             return Burn::Replayed;
         }
         b.seen.insert(jti.to_owned());
-        b.by_exp.push(Reverse((exp + self.leeway_secs, jti.to_owned())));
+        b.by_exp
+            .push(Reverse((exp + self.leeway_secs, jti.to_owned())));
         Burn::Fresh
     }
 

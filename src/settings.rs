@@ -167,7 +167,10 @@ impl Source<'_> {
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => Ok(true),
                 "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(Self::err(name, format!("got {v:?}, want true or false"))),
+                _ => Err(Self::err(
+                    name,
+                    format!("got {v:?}, want true or false (also 1/0, yes/no, on/off)"),
+                )),
             },
         }
     }
@@ -190,7 +193,8 @@ impl Source<'_> {
     }
 }
 
-const DEFAULT_CSP: &str = "default-src 'none'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+const DEFAULT_CSP: &str =
+    "default-src 'none'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 impl Settings {
     /// Loads settings the way the binary does: files under `config/`, then
@@ -199,11 +203,16 @@ impl Settings {
         let env_vars: HashMap<String, String> = std::env::vars()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
-        let app_env = env_vars
+        let app_env = match env_vars
             .get("app_env")
             .or_else(|| env_vars.get("node_env"))
-            .cloned()
-            .unwrap_or_else(|| "development".to_owned());
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("production" | "prod") => "production",
+            Some("test") => "test",
+            _ => "development",
+        };
         let dir = std::env::var("CONFIG_DIR").unwrap_or_else(|_| "config".to_owned());
         let built = config::Config::builder()
             .add_source(config::File::with_name(&format!("{dir}/default")).required(false))
@@ -220,7 +229,9 @@ impl Settings {
 
     /// Builds settings from `NAME=value` pairs alone, over the defaults (for
     /// tests and embedding).
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Settings, SettingsError> {
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Settings, SettingsError> {
         let vars: HashMap<String, String> = pairs
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
@@ -269,7 +280,12 @@ impl Settings {
         {
             "json" => LogFormat::Json,
             "pretty" | "text" => LogFormat::Pretty,
-            other => return Err(Source::err("LOG_FORMAT", format!("got {other:?}, want json or pretty"))),
+            other => {
+                return Err(Source::err(
+                    "LOG_FORMAT",
+                    format!("got {other:?}, want json or pretty"),
+                ))
+            }
         };
 
         let (join_token_secret, join_token_secret_generated) = match s.raw("JOIN_TOKEN_SECRET") {
@@ -304,13 +320,21 @@ impl Settings {
         };
         let cluster_secret = match s.raw("CLUSTER_SECRET") {
             Some(v) if v.len() < 32 => {
-                return Err(Source::err("CLUSTER_SECRET", format!("is {} bytes long, want at least 32", v.len())))
+                return Err(Source::err(
+                    "CLUSTER_SECRET",
+                    format!("is {} bytes long, want at least 32", v.len()),
+                ))
             }
             v => v.map(|v| v.as_bytes().to_vec()),
         };
 
         let join_token_max_ttl_secs = s.num("JOIN_TOKEN_MAX_TTL_SECS", 3600u64, 1, 86_400 * 30)?;
-        let join_token_ttl_secs = s.num("JOIN_TOKEN_TTL_SECS", 600u64.min(join_token_max_ttl_secs), 1, u64::MAX)?;
+        let join_token_ttl_secs = s.num(
+            "JOIN_TOKEN_TTL_SECS",
+            600u64.min(join_token_max_ttl_secs),
+            1,
+            u64::MAX,
+        )?;
         if join_token_ttl_secs > join_token_max_ttl_secs {
             return Err(Source::err(
                 "JOIN_TOKEN_TTL_SECS",
@@ -328,7 +352,20 @@ impl Settings {
                 format!("got {health_memory_fail_mb}, want at least HEALTH_MEMORY_WARN_MB ({health_memory_warn_mb})"),
             ));
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let max_message_bytes = s.num("MAX_MESSAGE_BYTES", 65_536usize, 1, 16 * 1024 * 1024)?;
+        let max_bytes_per_10s = s.num("MAX_BYTES_PER_10S", 1_048_576u64, 1, u64::MAX)?;
+        if max_bytes_per_10s < max_message_bytes as u64 {
+            return Err(Source::err(
+                "MAX_BYTES_PER_10S",
+                format!(
+                    "got {max_bytes_per_10s}, want at least MAX_MESSAGE_BYTES ({max_message_bytes}), \
+                     or a message of the maximum size could never be sent"
+                ),
+            ));
+        }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
 
         let cors_allowed_origins = s
             .string("CORS_ALLOWED_ORIGINS", "")
@@ -378,14 +415,29 @@ impl Settings {
             feature_echo_endpoint: s.bool("FEATURE_ECHO_ENDPOINT", false)?,
             max_conns_per_ip: s.num("MAX_CONNS_PER_IP", 50usize, 1, usize::MAX)?,
             max_total_connections: s.num("MAX_TOTAL_CONNECTIONS", 10_000usize, 1, usize::MAX)?,
-            max_room_creates_per_ip_per_min: s.num("MAX_ROOM_CREATES_PER_IP_PER_MIN", 10u64, 1, u64::MAX)?,
-            max_token_mints_per_ip_per_min: s.num("MAX_TOKEN_MINTS_PER_IP_PER_MIN", 60u64, 1, u64::MAX)?,
+            max_room_creates_per_ip_per_min: s.num(
+                "MAX_ROOM_CREATES_PER_IP_PER_MIN",
+                10u64,
+                1,
+                u64::MAX,
+            )?,
+            max_token_mints_per_ip_per_min: s.num(
+                "MAX_TOKEN_MINTS_PER_IP_PER_MIN",
+                60u64,
+                1,
+                u64::MAX,
+            )?,
             http_probe_limit_per_min: s.num("HTTP_PROBE_LIMIT_PER_MIN", 100u64, 1, u64::MAX)?,
             max_msgs_per_10s: s.num("MAX_MSGS_PER_10S", 100u64, 1, u64::MAX)?,
-            max_bytes_per_10s: s.num("MAX_BYTES_PER_10S", 1_048_576u64, 1, u64::MAX)?,
-            slow_consumer_buffer_threshold: s.num("SLOW_CONSUMER_BUFFER_THRESHOLD", 1_048_576usize, 1024, usize::MAX)?,
+            max_bytes_per_10s,
+            slow_consumer_buffer_threshold: s.num(
+                "SLOW_CONSUMER_BUFFER_THRESHOLD",
+                1_048_576usize,
+                1024,
+                usize::MAX,
+            )?,
             max_room_members: s.num("MAX_ROOM_MEMBERS", 50usize, 1, usize::MAX)?,
-            max_message_bytes: s.num("MAX_MESSAGE_BYTES", 65_536usize, 1, 16 * 1024 * 1024)?,
+            max_message_bytes,
             csp_directives: s.string("CSP_DIRECTIVES", DEFAULT_CSP),
             hsts_max_age: s.num("HSTS_MAX_AGE", 31_536_000u64, 0, u64::MAX)?,
             hsts_include_subdomains: s.bool("HSTS_INCLUDE_SUBDOMAINS", true)?,
@@ -393,13 +445,23 @@ impl Settings {
             cors_allowed_origins,
             cors_allow_credentials: s.bool("CORS_ALLOW_CREDENTIALS", false)?,
             metrics_export_prometheus: s.bool("METRICS_EXPORT_PROMETHEUS", true)?,
-            metrics_collection_interval_ms: s.num("METRICS_COLLECTION_INTERVAL_MS", 10_000u64, 100, 3_600_000)?,
+            metrics_collection_interval_ms: s.num(
+                "METRICS_COLLECTION_INTERVAL_MS",
+                10_000u64,
+                100,
+                3_600_000,
+            )?,
             log_health_check_failures: s.bool("LOG_HEALTH_CHECK_FAILURES", true)?,
             health_memory_warn_mb,
             health_memory_fail_mb,
             ws_ping_interval_ms,
             ws_ping_timeout_ms,
-            http_keep_alive_timeout_ms: s.num("HTTP_KEEP_ALIVE_TIMEOUT_MS", 5_000u64, 0, 3_600_000)?,
+            http_keep_alive_timeout_ms: s.num(
+                "HTTP_KEEP_ALIVE_TIMEOUT_MS",
+                5_000u64,
+                0,
+                3_600_000,
+            )?,
             join_timeout_ms: s.num("JOIN_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?,
             room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365)?,
             presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
@@ -415,20 +477,54 @@ impl Settings {
     pub fn summary(&self) -> Vec<(&'static str, String)> {
         vec![
             ("app_env", self.app_env.as_str().to_owned()),
+            ("deployment_env", self.deployment_env.clone()),
             ("listen", format!("{}:{}", self.host, self.port)),
             ("workers", self.workers.to_string()),
-            ("mode", if self.redis_url.is_some() { "cluster" } else { "standalone" }.to_owned()),
-            ("join_token_secret", if self.join_token_secret_generated { "generated" } else { "[redacted]" }.to_owned()),
-            ("join_token_secret_previous", if self.join_token_secret_previous.is_some() { "[redacted]" } else { "unset" }.to_owned()),
-            ("replay_protection", self.feature_token_replay_protection.to_string()),
+            (
+                "mode",
+                if self.redis_url.is_some() {
+                    "cluster"
+                } else {
+                    "standalone"
+                }
+                .to_owned(),
+            ),
+            (
+                "join_token_secret",
+                if self.join_token_secret_generated {
+                    "generated"
+                } else {
+                    "[redacted]"
+                }
+                .to_owned(),
+            ),
+            (
+                "join_token_secret_previous",
+                if self.join_token_secret_previous.is_some() {
+                    "[redacted]"
+                } else {
+                    "unset"
+                }
+                .to_owned(),
+            ),
+            (
+                "replay_protection",
+                self.feature_token_replay_protection.to_string(),
+            ),
             ("room_api", self.feature_room_api.to_string()),
-            ("max_total_connections", self.max_total_connections.to_string()),
+            (
+                "max_total_connections",
+                self.max_total_connections.to_string(),
+            ),
             ("max_conns_per_ip", self.max_conns_per_ip.to_string()),
             ("max_room_members", self.max_room_members.to_string()),
             ("max_message_bytes", self.max_message_bytes.to_string()),
             ("max_msgs_per_10s", self.max_msgs_per_10s.to_string()),
             ("max_bytes_per_10s", self.max_bytes_per_10s.to_string()),
-            ("slow_consumer_buffer_threshold", self.slow_consumer_buffer_threshold.to_string()),
+            (
+                "slow_consumer_buffer_threshold",
+                self.slow_consumer_buffer_threshold.to_string(),
+            ),
             ("ws_ping_interval_ms", self.ws_ping_interval_ms.to_string()),
             ("ws_ping_timeout_ms", self.ws_ping_timeout_ms.to_string()),
             ("join_timeout_ms", self.join_timeout_ms.to_string()),
@@ -460,9 +556,11 @@ mod tests {
     fn production_requires_a_long_enough_secret() {
         let e = Settings::from_pairs([("NODE_ENV", "production")]).unwrap_err();
         assert_eq!(e.var, "JOIN_TOKEN_SECRET");
-        let e = Settings::from_pairs([("APP_ENV", "production"), ("JOIN_TOKEN_SECRET", "short")]).unwrap_err();
+        let e = Settings::from_pairs([("APP_ENV", "production"), ("JOIN_TOKEN_SECRET", "short")])
+            .unwrap_err();
         assert!(e.to_string().contains("at least 32"), "{e}");
-        let s = Settings::from_pairs([("APP_ENV", "production"), ("JOIN_TOKEN_SECRET", SECRET)]).unwrap();
+        let s = Settings::from_pairs([("APP_ENV", "production"), ("JOIN_TOKEN_SECRET", SECRET)])
+            .unwrap();
         assert_eq!(s.app_env, AppEnv::Production);
         assert_eq!(s.log_format, LogFormat::Json);
     }
@@ -471,14 +569,18 @@ mod tests {
     fn a_bad_number_names_the_variable_what_it_got_and_what_it_wants() {
         let e = Settings::from_pairs([("MAX_CONNS_PER_IP", "lots")]).unwrap_err();
         assert_eq!(e.var, "MAX_CONNS_PER_IP");
-        assert!(e.problem.contains("\"lots\"") && e.problem.contains("whole number"), "{e}");
+        assert!(
+            e.problem.contains("\"lots\"") && e.problem.contains("whole number"),
+            "{e}"
+        );
         let e = Settings::from_pairs([("PORT", "70000")]).unwrap_err();
         assert_eq!(e.var, "PORT");
     }
 
     #[test]
     fn booleans_accept_the_usual_spellings_and_refuse_others() {
-        let s = Settings::from_pairs([("FEATURE_ROOM_API", "false"), ("TRUST_PROXY", "1")]).unwrap();
+        let s =
+            Settings::from_pairs([("FEATURE_ROOM_API", "false"), ("TRUST_PROXY", "1")]).unwrap();
         assert!(!s.feature_room_api && s.trust_proxy);
         let e = Settings::from_pairs([("FEATURE_CORS", "maybe")]).unwrap_err();
         assert_eq!(e.var, "FEATURE_CORS");
@@ -486,13 +588,36 @@ mod tests {
 
     #[test]
     fn origins_are_a_comma_separated_list() {
-        let s = Settings::from_pairs([("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example/")]).unwrap();
-        assert_eq!(s.cors_allowed_origins, ["https://a.example", "https://b.example"]);
+        let s = Settings::from_pairs([(
+            "CORS_ALLOWED_ORIGINS",
+            "https://a.example, https://b.example/",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.cors_allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn a_byte_budget_below_the_message_size_is_refused() {
+        let e = Settings::from_pairs([("MAX_BYTES_PER_10S", "1000")]).unwrap_err();
+        assert_eq!(e.var, "MAX_BYTES_PER_10S");
+        assert!(Settings::from_pairs([
+            ("MAX_BYTES_PER_10S", "1000"),
+            ("MAX_MESSAGE_BYTES", "1000")
+        ])
+        .is_ok());
     }
 
     #[test]
     fn unknown_environment_names_are_refused() {
-        assert_eq!(Settings::from_pairs([("APP_ENV", "staging")]).unwrap_err().var, "APP_ENV");
+        assert_eq!(
+            Settings::from_pairs([("APP_ENV", "staging")])
+                .unwrap_err()
+                .var,
+            "APP_ENV"
+        );
     }
 
     #[test]

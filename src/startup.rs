@@ -31,9 +31,10 @@ pub struct Application {
     state: web::Data<AppState>,
 }
 
-/// Starts graceful shutdown from outside (signals, tests).
+/// A handle on a running instance: starts graceful shutdown from outside
+/// (signals, tests).
 #[derive(Clone)]
-pub struct ShutdownHandle {
+pub struct AppHandle {
     state: web::Data<AppState>,
     server: ServerHandle,
 }
@@ -47,7 +48,10 @@ impl Application {
 
     /// Builds the instance: binds the listener (port 0 picks a free one),
     /// starts the actors and the HTTP workers.
-    pub async fn build_with_logger(settings: Settings, log: slog::Logger) -> anyhow::Result<Application> {
+    pub async fn build_with_logger(
+        settings: Settings,
+        log: slog::Logger,
+    ) -> anyhow::Result<Application> {
         if settings.redis_url.is_some() {
             anyhow::bail!(
                 "REDIS_URL is set, but this build of blindrelay runs standalone only: unset REDIS_URL \
@@ -93,7 +97,10 @@ impl Application {
             registry,
             metrics: metrics.clone(),
             metrics_actor,
-            connections: Arc::new(ConnectionLimiter::new(s.max_conns_per_ip, s.max_total_connections)),
+            connections: Arc::new(ConnectionLimiter::new(
+                s.max_conns_per_ip,
+                s.max_total_connections,
+            )),
             room_creates: KeyedLimiter::new(s.max_room_creates_per_ip_per_min),
             token_mints: KeyedLimiter::new(s.max_token_mints_per_ip_per_min),
             health_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
@@ -134,14 +141,18 @@ impl Application {
         .workers(s.workers)
         .backlog(4096)
         .keep_alive(Duration::from_millis(s.http_keep_alive_timeout_ms))
-        .shutdown_timeout(s.shutdown_timeout_ms.div_ceil(1000))
+        .shutdown_timeout(1)
         .disable_signals()
         .listen(listener)?
         .run();
 
         state.ready.store(true, Ordering::Relaxed);
         slog::info!(log, "listening"; "port" => port, "mode" => "standalone");
-        Ok(Application { port, server, state })
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
     }
 
     /// The bound port.
@@ -149,28 +160,18 @@ impl Application {
         self.port
     }
 
-    /// A handle that starts graceful shutdown.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
+    /// A handle on the running instance.
+    pub fn handle(&self) -> AppHandle {
+        AppHandle {
             state: self.state.clone(),
             server: self.server.handle(),
         }
     }
 
-    /// Test hook: makes the room's actor fail once, as a bug would.
-    #[cfg(feature = "test-hooks")]
-    pub async fn fail_room(&self, room: &str) -> bool {
-        self.state
-            .registry
-            .send(crate::registry::FailRoom { room: room.into() })
-            .await
-            .unwrap_or(false)
-    }
-
-    /// Serves until SIGTERM/SIGINT (or a [`ShutdownHandle`]) has drained
+    /// Serves until SIGTERM/SIGINT (or a [`AppHandle`]) has drained
     /// the instance.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let handle = self.shutdown_handle();
+        let handle = self.handle();
         actix_rt::spawn(async move {
             wait_for_signal().await;
             handle.shutdown().await;
@@ -198,7 +199,24 @@ async fn wait_for_signal() {
     }
 }
 
-impl ShutdownHandle {
+impl AppHandle {
+    /// Test hook: makes the room's actor fail once, as a bug would.
+    #[cfg(feature = "test-hooks")]
+    pub async fn fail_room(&self, room: &str) -> bool {
+        self.state
+            .registry
+            .send(crate::registry::FailRoom { room: room.into() })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Starts draining without stopping the server: `/ready` turns 503,
+    /// upgrades get 503, sessions are closed with 1012.
+    pub fn begin_drain(&self) {
+        self.state.ready.store(false, Ordering::Relaxed);
+        self.state.draining.send_replace(true);
+    }
+
     /// Graceful shutdown (PROTOCOL.md section 6): `/ready` turns 503,
     /// upgrades get 503, every session is closed with 1012, then the server
     /// stops once the sessions are gone or `SHUTDOWN_TIMEOUT_MS` has passed.
@@ -206,13 +224,16 @@ impl ShutdownHandle {
         let state = &self.state;
         let s = &state.settings;
         slog::info!(state.log, "shutting down"; "sessions" => state.connections.active());
-        state.ready.store(false, Ordering::Relaxed);
         if !s.feature_graceful_shutdown {
+            state.ready.store(false, Ordering::Relaxed);
             self.server.stop(false).await;
             return;
         }
-        state.draining.send_replace(true);
-        let deadline = Instant::now() + Duration::from_millis(s.shutdown_timeout_ms);
+        self.begin_drain();
+        // The HTTP server's own stop takes up to a second more: keep the sum
+        // within SHUTDOWN_TIMEOUT_MS.
+        let deadline =
+            Instant::now() + Duration::from_millis(s.shutdown_timeout_ms.saturating_sub(1000));
         while state.connections.active() > 0 && Instant::now() < deadline {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }

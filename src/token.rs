@@ -60,7 +60,12 @@ pub fn now_secs() -> u64 {
 }
 
 impl JoinTokens {
-    pub fn new(secret: &[u8], previous: Option<&[u8]>, max_ttl_secs: u64, leeway_secs: u64) -> Self {
+    pub fn new(
+        secret: &[u8],
+        previous: Option<&[u8]>,
+        max_ttl_secs: u64,
+        leeway_secs: u64,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = leeway_secs;
         validation.validate_exp = true;
@@ -99,9 +104,11 @@ impl JoinTokens {
         let claims = match jsonwebtoken::decode::<Claims>(token, &self.current, &self.validation) {
             Ok(data) => data.claims,
             Err(e) if *e.kind() == ErrorKind::InvalidSignature => match &self.previous {
-                Some(prev) => jsonwebtoken::decode::<Claims>(token, prev, &self.validation)
-                    .map_err(map_error)?
-                    .claims,
+                Some(prev) => {
+                    jsonwebtoken::decode::<Claims>(token, prev, &self.validation)
+                        .map_err(map_error)?
+                        .claims
+                }
                 None => return Err(TokenError::BadSignature),
             },
             Err(e) => return Err(map_error(e)),
@@ -113,7 +120,10 @@ impl JoinTokens {
         if claims.iat.is_some_and(|iat| iat > now + self.leeway_secs) {
             return Err(TokenError::NotYetValid);
         }
-        if !is_valid_room_id(&claims.room) || claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
+        if !is_valid_room_id(&claims.room)
+            || claims.jti.is_empty()
+            || claims.jti.len() > MAX_JTI_LEN
+        {
             return Err(TokenError::BadClaims);
         }
         Ok(claims)
@@ -162,7 +172,11 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_secret_is_refused() {
-        let tok = sign(&good_claims(), b"another-secret-another-secret-000", Algorithm::HS256);
+        let tok = sign(
+            &good_claims(),
+            b"another-secret-another-secret-000",
+            Algorithm::HS256,
+        );
         assert_eq!(tokens().verify(&tok), Err(TokenError::BadSignature));
     }
 
@@ -194,15 +208,29 @@ mod tests {
         let now = now_secs();
         let t = tokens();
         let expired = serde_json::json!({"room":"r","exp": now - 60,"jti":"j"});
-        assert_eq!(t.verify(&sign(&expired, SECRET, Algorithm::HS256)), Err(TokenError::Expired));
+        assert_eq!(
+            t.verify(&sign(&expired, SECRET, Algorithm::HS256)),
+            Err(TokenError::Expired)
+        );
         let future = serde_json::json!({"room":"r","exp": now + 600,"nbf": now + 300,"jti":"j"});
-        assert_eq!(t.verify(&sign(&future, SECRET, Algorithm::HS256)), Err(TokenError::NotYetValid));
+        assert_eq!(
+            t.verify(&sign(&future, SECRET, Algorithm::HS256)),
+            Err(TokenError::NotYetValid)
+        );
         let iat = serde_json::json!({"room":"r","exp": now + 600,"iat": now + 300,"jti":"j"});
-        assert_eq!(t.verify(&sign(&iat, SECRET, Algorithm::HS256)), Err(TokenError::NotYetValid));
+        assert_eq!(
+            t.verify(&sign(&iat, SECRET, Algorithm::HS256)),
+            Err(TokenError::NotYetValid)
+        );
         let long = serde_json::json!({"room":"r","exp": now + 7200,"jti":"j"});
-        assert_eq!(t.verify(&sign(&long, SECRET, Algorithm::HS256)), Err(TokenError::LifetimeTooLong));
+        assert_eq!(
+            t.verify(&sign(&long, SECRET, Algorithm::HS256)),
+            Err(TokenError::LifetimeTooLong)
+        );
         let within_leeway = serde_json::json!({"room":"r","exp": now - 2,"jti":"j"});
-        assert!(t.verify(&sign(&within_leeway, SECRET, Algorithm::HS256)).is_ok());
+        assert!(t
+            .verify(&sign(&within_leeway, SECRET, Algorithm::HS256))
+            .is_ok());
     }
 
     #[test]
@@ -217,14 +245,20 @@ mod tests {
             serde_json::json!({"room": "r", "exp": now + 60, "jti": "j".repeat(129)}),
             serde_json::json!({"room": "r", "exp": now + 60, "jti": ""}),
         ] {
-            assert!(t.verify(&sign(&claims, SECRET, Algorithm::HS256)).is_err(), "{claims}");
+            assert!(
+                t.verify(&sign(&claims, SECRET, Algorithm::HS256)).is_err(),
+                "{claims}"
+            );
         }
         assert_eq!(t.verify("not-a-jwt"), Err(TokenError::Malformed));
     }
 
     #[test]
     fn a_string_typed_exp_is_not_taken_as_a_number() {
-        let claims = serde_json::json!({"room": "r", "exp": (now_secs() + 60).to_string(), "jti": "j"});
-        assert!(tokens().verify(&sign(&claims, SECRET, Algorithm::HS256)).is_err());
+        let claims =
+            serde_json::json!({"room": "r", "exp": (now_secs() + 60).to_string(), "jti": "j"});
+        assert!(tokens()
+            .verify(&sign(&claims, SECRET, Algorithm::HS256))
+            .is_err());
     }
 }

@@ -41,7 +41,12 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: &'static str, rid: &RequestId) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: &'static str,
+        rid: &RequestId,
+    ) -> Self {
         ApiError {
             status,
             code,
@@ -86,5 +91,10 @@ impl ResponseError for ApiError {
 
 /// The fallback for every unknown route (and every route switched off).
 pub(crate) async fn not_found(rid: RequestId) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route", &rid))
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
+        &rid,
+    ))
 }

@@ -7,8 +7,6 @@ mod probes;
 mod rooms;
 mod ws;
 
-
-
 use actix_web::web;
 
 use crate::settings::Settings;
@@ -37,4 +35,3 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
 
 pub(crate) use errors::not_found;
 pub(crate) use middleware::{cors, request_id, security_headers};
-

@@ -19,7 +19,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn limit(app: &AppState, limiter: &KeyedLimiter, req: &HttpRequest, rid: &RequestId) -> Result<(), ApiError> {
+fn limit(
+    app: &AppState,
+    limiter: &KeyedLimiter,
+    req: &HttpRequest,
+    rid: &RequestId,
+) -> Result<(), ApiError> {
     limiter
         .check(client_ip(req, &app.settings), Instant::now())
         .map_err(|wait| ApiError::rate_limited(rid, wait))
@@ -31,7 +36,11 @@ pub(crate) async fn live() -> HttpResponse {
 }
 
 /// 200 once serving, 503 while starting up or draining.
-pub(crate) async fn ready(app: web::Data<AppState>, req: HttpRequest, rid: RequestId) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn ready(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    rid: RequestId,
+) -> Result<HttpResponse, ApiError> {
     limit(&app, &app.ready_limit, &req, &rid)?;
     let ready = app.is_ready();
     let body = json!({
@@ -40,7 +49,11 @@ pub(crate) async fn ready(app: web::Data<AppState>, req: HttpRequest, rid: Reque
         // Standalone there is nothing to wait for.
         "checks": {"redis": true, "configLoaded": true},
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     Ok(HttpResponse::build(status).json(body))
 }
 
@@ -62,7 +75,11 @@ impl Check {
 }
 
 /// The seed's health body: redis, memory and connection checks.
-pub(crate) async fn health(app: web::Data<AppState>, req: HttpRequest, rid: RequestId) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn health(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    rid: RequestId,
+) -> Result<HttpResponse, ApiError> {
     limit(&app, &app.health_limit, &req, &rid)?;
     let s = &app.settings;
     let mem_mb = resident_memory_bytes() / (1024 * 1024);
@@ -110,7 +127,11 @@ pub(crate) async fn health(app: web::Data<AppState>, req: HttpRequest, rid: Requ
 
 /// Prometheus text, or JSON with `Accept: application/json` (always JSON
 /// with `METRICS_EXPORT_PROMETHEUS=false`).
-pub(crate) async fn metrics(app: web::Data<AppState>, req: HttpRequest, rid: RequestId) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn metrics(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    rid: RequestId,
+) -> Result<HttpResponse, ApiError> {
     limit(&app, &app.metrics_limit, &req, &rid)?;
     let wants_json = !app.settings.metrics_export_prometheus
         || req
@@ -122,7 +143,14 @@ pub(crate) async fn metrics(app: web::Data<AppState>, req: HttpRequest, rid: Req
         .metrics_actor
         .send(Render { json: wants_json })
         .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error", &rid))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+                &rid,
+            )
+        })?;
     let content_type = if wants_json {
         "application/json"
     } else {

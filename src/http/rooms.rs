@@ -13,7 +13,12 @@ use crate::registry::{CreateRoom, RoomExists};
 use crate::state::AppState;
 
 fn unavailable(rid: &RequestId) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error", rid)
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+        rid,
+    )
 }
 
 /// Creates a room and a first join token for it.
@@ -34,7 +39,8 @@ pub(crate) async fn create_room(
         .await
         .map_err(|_| unavailable(&rid))?;
     let (token, expires_at) = app.tokens.mint(&room, app.settings.join_token_ttl_secs);
-    Ok(HttpResponse::Created().json(json!({"room": room, "token": token, "expires_at": expires_at})))
+    Ok(HttpResponse::Created()
+        .json(json!({"room": room, "token": token, "expires_at": expires_at})))
 }
 
 /// Mints a fresh single-use token for a room that exists.

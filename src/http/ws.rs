@@ -57,7 +57,12 @@ async fn upgrade(
         let ok = origin.to_str().is_ok_and(|o| origin_allowed(s, o));
         if !ok {
             app.metrics.reject("origin");
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", "Origin not allowed", &rid));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "Origin not allowed",
+                &rid,
+            ));
         }
     }
     let ip = client_ip(&req, s);
@@ -85,13 +90,19 @@ async fn upgrade(
         }
     };
     let log = if s.feature_ip_tracking {
-        app.log.new(slog::o!("client_ip" => ip.to_string(), "request_id" => rid.0.clone()))
+        app.log
+            .new(slog::o!("client_ip" => ip.to_string(), "request_id" => rid.0.clone()))
     } else {
         app.log.new(slog::o!("request_id" => rid.0.clone()))
     };
     session::start(app.clone(), &req, payload, slot, mode, log).map_err(|_| {
         app.metrics.reject("bad_upgrade");
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_upgrade", "not a valid WebSocket upgrade request", &rid)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "not a valid WebSocket upgrade request",
+            &rid,
+        )
     })
 }
 

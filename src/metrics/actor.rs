@@ -26,8 +26,12 @@ impl MetricsActor {
     }
 
     fn sample(&self) {
-        self.metrics.uptime_seconds.set(self.started.elapsed().as_secs() as i64);
-        self.metrics.resident_memory_bytes.set(resident_memory_bytes() as i64);
+        self.metrics
+            .uptime_seconds
+            .set(self.started.elapsed().as_secs() as i64);
+        self.metrics
+            .resident_memory_bytes
+            .set(resident_memory_bytes() as i64);
     }
 
     fn render_text(&self) -> String {

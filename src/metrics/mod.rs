@@ -12,7 +12,13 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use crate::protocol::Close;
 
 /// Reasons for `blindrelay_connections_rejected_total`.
-pub const REJECT_REASONS: [&str; 5] = ["ip_limit", "global_limit", "origin", "draining", "bad_upgrade"];
+pub const REJECT_REASONS: [&str; 5] = [
+    "ip_limit",
+    "global_limit",
+    "origin",
+    "draining",
+    "bad_upgrade",
+];
 
 /// Disconnect reasons that are not server close codes.
 pub const CLIENT_CLOSED: &str = "client_closed";
@@ -48,7 +54,13 @@ fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
-fn counter_vec(reg: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+fn counter_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
     reg.register(Box::new(c.clone())).expect("unique metric");
     for v in values {
@@ -60,11 +72,20 @@ fn counter_vec(reg: &Registry, name: &str, help: &str, label: &str, values: &[&s
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let mut disconnect_reasons: Vec<&str> = Close::ALL.iter().map(|c| c.metric_reason()).collect();
+        let mut disconnect_reasons: Vec<&str> =
+            Close::ALL.iter().map(|c| c.metric_reason()).collect();
         disconnect_reasons.extend([CLIENT_CLOSED, PING_TIMEOUT]);
         Metrics {
-            connections_active: gauge(&r, "blindrelay_connections_active", "Open WebSocket sessions"),
-            connections_total: counter(&r, "blindrelay_connections_total", "WebSocket sessions accepted"),
+            connections_active: gauge(
+                &r,
+                "blindrelay_connections_active",
+                "Open WebSocket sessions",
+            ),
+            connections_total: counter(
+                &r,
+                "blindrelay_connections_total",
+                "WebSocket sessions accepted",
+            ),
             connections_rejected: counter_vec(
                 &r,
                 "blindrelay_connections_rejected_total",
@@ -79,18 +100,42 @@ impl Metrics {
                 "reason",
                 &disconnect_reasons,
             ),
-            rooms_active: gauge(&r, "blindrelay_rooms_active", "Rooms with at least one member on this instance"),
-            messages_received: counter(&r, "blindrelay_messages_received_total", "send frames accepted"),
-            messages_delivered: counter(&r, "blindrelay_messages_delivered_total", "message frames handed to clients"),
+            rooms_active: gauge(
+                &r,
+                "blindrelay_rooms_active",
+                "Rooms with at least one member on this instance",
+            ),
+            messages_received: counter(
+                &r,
+                "blindrelay_messages_received_total",
+                "send frames accepted",
+            ),
+            messages_delivered: counter(
+                &r,
+                "blindrelay_messages_delivered_total",
+                "message frames handed to clients",
+            ),
             message_bytes_received: counter(
                 &r,
                 "blindrelay_message_bytes_received_total",
                 "Bytes of data in accepted send frames",
             ),
-            redis_up: gauge(&r, "blindrelay_redis_up", "1 when the cluster link is up (standalone: 1)"),
-            room_restarts: counter(&r, "blindrelay_room_restarts_total", "Room actors restarted by their supervisor"),
+            redis_up: gauge(
+                &r,
+                "blindrelay_redis_up",
+                "1 when the cluster link is up (standalone: 1)",
+            ),
+            room_restarts: counter(
+                &r,
+                "blindrelay_room_restarts_total",
+                "Room actors restarted by their supervisor",
+            ),
             uptime_seconds: gauge(&r, "blindrelay_uptime_seconds", "Seconds since start"),
-            resident_memory_bytes: gauge(&r, "blindrelay_resident_memory_bytes", "Resident set size of the process"),
+            resident_memory_bytes: gauge(
+                &r,
+                "blindrelay_resident_memory_bytes",
+                "Resident set size of the process",
+            ),
             registry: r,
         }
     }
@@ -114,7 +159,11 @@ impl Default for Metrics {
 pub fn resident_memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }

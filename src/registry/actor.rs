@@ -60,7 +60,7 @@ impl Registry {
     fn sweep(&mut self) {
         let ttl = self.config.idle_ttl;
         self.rooms
-            .retain(|_, e| !e.idle_since.is_some_and(|t| t.elapsed() >= ttl));
+            .retain(|_, e| e.idle_since.is_none_or(|t| t.elapsed() < ttl));
     }
 }
 

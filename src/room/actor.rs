@@ -34,12 +34,16 @@ pub struct Room {
     joins_seen: u64,
     /// Set when a handler failed, so `restarting` counts a real restart.
     failed: bool,
-    #[cfg(feature = "test-hooks")]
-    fail_next: bool,
 }
 
 impl Room {
-    pub fn new(id: Arc<str>, config: RoomConfig, registry: Addr<Registry>, metrics: Metrics, log: slog::Logger) -> Self {
+    pub fn new(
+        id: Arc<str>,
+        config: RoomConfig,
+        registry: Addr<Registry>,
+        metrics: Metrics,
+        log: slog::Logger,
+    ) -> Self {
         Room {
             id,
             members: HashMap::new(),
@@ -49,8 +53,6 @@ impl Room {
             log,
             joins_seen: 0,
             failed: false,
-            #[cfg(feature = "test-hooks")]
-            fail_next: false,
         }
     }
 
@@ -127,7 +129,9 @@ impl Room {
         let welcome = server::welcome(&self.id, &id, self.members.keys().map(|k| k.as_ref()));
         // The welcome is the first frame a member sees; it goes through the
         // same mailbox as everything after it, so nothing overtakes it.
-        msg.member.pending.fetch_add(welcome.len(), Ordering::Relaxed);
+        msg.member
+            .pending
+            .fetch_add(welcome.len(), Ordering::Relaxed);
         msg.member.recipient.do_send(Deliver {
             frame: Outgoing::Text(welcome),
         });
@@ -186,7 +190,11 @@ impl Room {
     /// Runs a handler body; a panic inside it is treated as a failure of
     /// this room alone: it is logged (no content) and the room is stopped
     /// for its supervisor to restart.
-    fn guarded<R>(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>) -> R) -> Option<R> {
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> Option<R> {
         match catch_unwind(AssertUnwindSafe(|| f(self, ctx))) {
             Ok(r) => Some(r),
             Err(_) => {
@@ -197,16 +205,6 @@ impl Room {
             }
         }
     }
-
-    #[cfg(feature = "test-hooks")]
-    fn maybe_fail(&mut self) {
-        if std::mem::take(&mut self.fail_next) {
-            panic!("injected room failure");
-        }
-    }
-
-    #[cfg(not(feature = "test-hooks"))]
-    fn maybe_fail(&mut self) {}
 }
 
 impl Actor for Room {
@@ -234,11 +232,8 @@ impl Handler<Join> for Room {
     type Result = Result<Arc<str>, JoinRefused>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        self.guarded(ctx, |room, ctx| {
-            room.maybe_fail();
-            room.join(msg, ctx)
-        })
-        .unwrap_or(Err(JoinRefused::Unavailable))
+        self.guarded(ctx, |room, ctx| room.join(msg, ctx))
+            .unwrap_or(Err(JoinRefused::Unavailable))
     }
 }
 
@@ -246,10 +241,7 @@ impl Handler<Publish> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        self.guarded(ctx, |room, _| {
-            room.maybe_fail();
-            room.publish(msg)
-        });
+        self.guarded(ctx, |room, _| room.publish(msg));
     }
 }
 
@@ -265,7 +257,7 @@ impl Handler<Leave> for Room {
 impl Handler<InjectFailure> for Room {
     type Result = ();
 
-    fn handle(&mut self, _: InjectFailure, _: &mut Self::Context) {
-        self.fail_next = true;
+    fn handle(&mut self, _: InjectFailure, ctx: &mut Self::Context) {
+        self.guarded(ctx, |_, _| panic!("injected room failure"));
     }
 }

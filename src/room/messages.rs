@@ -77,7 +77,7 @@ pub struct Leave {
     pub member: Arc<str>,
 }
 
-/// Test hook: makes the room's next handler fail, as a bug would.
+/// Test hook: makes the room fail (a panic in its handler), as a bug would.
 #[cfg(feature = "test-hooks")]
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -111,15 +111,18 @@ impl Actor for WsSession {
             }
         });
         let timeout = Duration::from_millis(s.ws_ping_timeout_ms);
-        ctx.run_interval(Duration::from_millis(s.ws_ping_interval_ms), move |act, ctx| {
-            let sent = Instant::now();
-            act.outbox.push_control(Message::Ping(bytes::Bytes::new()));
-            ctx.run_later(timeout, move |act, ctx| {
-                if act.last_pong < sent {
-                    act.drop_peer(ctx);
-                }
-            });
-        });
+        ctx.run_interval(
+            Duration::from_millis(s.ws_ping_interval_ms),
+            move |act, ctx| {
+                let sent = Instant::now();
+                act.outbox.push_control(Message::Ping(bytes::Bytes::new()));
+                ctx.run_later(timeout, move |act, ctx| {
+                    if act.last_pong < sent {
+                        act.drop_peer(ctx);
+                    }
+                });
+            },
+        );
         let mut draining = self.app.draining.subscribe();
         ctx.spawn(
             async move {
@@ -258,8 +261,10 @@ impl WsSession {
             return self.close(ctx, Close::InvalidFrame);
         };
         if send.data_len > self.app.settings.max_message_bytes {
-            self.outbox
-                .push_text(server::error(ErrorCode::MessageTooLarge, send.id.as_deref()));
+            self.outbox.push_text(server::error(
+                ErrorCode::MessageTooLarge,
+                send.id.as_deref(),
+            ));
             return;
         }
         if !self.budget.charge(send.data_len, Instant::now()) {
@@ -273,7 +278,10 @@ impl WsSession {
         // `data` is a slice of the frame the client sent: shared, not copied.
         let data = text.slice_ref(send.data);
         self.app.metrics.messages_received.inc();
-        self.app.metrics.message_bytes_received.inc_by(send.data_len as u64);
+        self.app
+            .metrics
+            .message_bytes_received
+            .inc_by(send.data_len as u64);
         room.do_send(Publish {
             from: member.clone(),
             data,
@@ -325,15 +333,21 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                 Mode::Echo => self.outbox.push_binary(data),
                 Mode::Relay => self.close(ctx, Close::Binary),
             },
-            Ok(AggregatedMessage::Ping(payload)) => self.outbox.push_control(Message::Pong(payload)),
+            Ok(AggregatedMessage::Ping(payload)) => {
+                self.outbox.push_control(Message::Pong(payload))
+            }
             Ok(AggregatedMessage::Pong(_)) => self.last_pong = Instant::now(),
             Ok(AggregatedMessage::Close(reason)) => self.on_client_close(ctx, reason),
             Err(e) => {
                 let close = match &e {
                     ProtocolError::Overflow => Close::TooLarge,
-                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Close::InvalidUtf8,
+                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                        Close::InvalidUtf8
+                    }
                     // The aggregator reports an oversized fragmented message this way.
-                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::Other => Close::TooLarge,
+                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::Other => {
+                        Close::TooLarge
+                    }
                     ProtocolError::Io(_) => {
                         // The connection itself failed: nobody to send a close to.
                         slog::debug!(self.log, "connection error"; "error" => %e);
@@ -357,4 +371,3 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
         ctx.stop();
     }
 }
-

@@ -1,0 +1,103 @@
+//! Room supervision and cleanup, and graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn a_failed_room_is_restarted_with_its_members_and_no_other_room_notices() {
+    let app = spawn_app(&[]).await;
+    let (room, mut m) = app.room_of(2).await;
+    let (_, mut other) = app.room_of(2).await;
+    assert!(app.handle.fail_room(&room).await);
+    // the restarted room still knows both members
+    m[0].0
+        .send_json(json!({"type": "send", "data": "after restart", "id": "1"}))
+        .await;
+    assert_eq!(m[0].0.recv_json().await, json!({"type": "ack", "id": "1"}));
+    assert_eq!(m[1].0.recv_json().await["data"], "after restart");
+    let to = m[0].1.clone();
+    m[1].0
+        .send_json(json!({"type": "send", "data": "back", "to": to}))
+        .await;
+    assert_eq!(m[0].0.recv_json().await["direct"], true);
+    // no member_left/joined went out for the restart
+    m[1].0.expect_silence(Duration::from_millis(100)).await;
+    other[0]
+        .0
+        .send_json(json!({"type": "send", "data": "unaffected"}))
+        .await;
+    assert_eq!(other[1].0.recv_json().await["data"], "unaffected");
+    assert_eq!(app.metric("blindrelay_room_restarts_total").await, 1.0);
+    assert!(app.logs.text().contains("room actor restarted"));
+}
+
+#[actix_web::test]
+async fn a_room_is_retired_when_its_last_member_leaves() {
+    let app = spawn_app(&[]).await;
+    let (room, m) = app.room_of(2).await;
+    assert_eq!(app.metric("blindrelay_rooms_active").await, 1.0);
+    for (c, _) in m {
+        c.close().await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while app.metric("blindrelay_rooms_active").await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "room actor never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // joining again brings up a fresh room with nobody in it
+    let (_c, w) = app.join(&room).await;
+    assert_eq!(w["members"], json!([]));
+}
+
+#[actix_web::test]
+async fn graceful_shutdown_closes_every_session_with_1012_and_refuses_new_ones() {
+    let app = spawn_app(&[("SHUTDOWN_TIMEOUT_MS", "3000")]).await;
+    let (_, mut m) = app.room_of(2).await;
+    let mut idle = app.connect().await;
+    let handle = app.handle.clone();
+    let shutdown = actix_rt::spawn(async move { handle.shutdown().await });
+    for (c, _) in m.iter_mut() {
+        c.expect_close(1012, "service restart").await;
+    }
+    idle.expect_close(1012, "service restart").await;
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/ws", app.port))
+            .await
+            .is_err(),
+        "no upgrades after shutdown"
+    );
+    assert!(app.logs.text().contains("shutting down"));
+}
+
+#[actix_web::test]
+async fn while_draining_ready_is_503_and_upgrades_get_503() {
+    // Draining without stopping the server, so the probes can be asked.
+    let app = spawn_app(&[("SHUTDOWN_TIMEOUT_MS", "2000")]).await;
+    let (_c, _) = app.join(&unique("r")).await;
+    app.handle.begin_drain();
+    let (status, _, body) = app.get("/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("\"ready\":false"));
+    match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/ws", app.port)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status().as_u16(), 503);
+            assert!(res.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        app.metric(r#"blindrelay_connections_rejected_total{reason="draining"}"#)
+            .await,
+        1.0
+    );
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each starts the real server from the library on a
+//! free port and talks to it with a real WebSocket or HTTP client.
+
+mod helpers;
+
+mod frames;
+mod http_api;
+mod lifecycle;
+mod privacy;
+mod tokens;
