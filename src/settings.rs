@@ -200,7 +200,16 @@ impl Settings {
     /// Loads settings the way the binary does: files under `config/`, then
     /// the process environment.
     pub fn load() -> Result<Settings, anyhow::Error> {
-        let env_vars: HashMap<String, String> = std::env::vars()
+        let env_vars: HashMap<String, String> = std::env::vars().collect();
+        let dir = std::env::var("CONFIG_DIR").unwrap_or_else(|_| "config".to_owned());
+        Settings::load_from(&dir, env_vars)
+    }
+
+    /// Layers `dir/default.toml`, `dir/{APP_ENV}.toml` and `env` (names in
+    /// any case) over the built-in defaults.
+    pub fn load_from(dir: &str, env: HashMap<String, String>) -> Result<Settings, anyhow::Error> {
+        let env_vars: HashMap<String, String> = env
+            .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
         let app_env = match env_vars
@@ -213,7 +222,6 @@ impl Settings {
             Some("test") => "test",
             _ => "development",
         };
-        let dir = std::env::var("CONFIG_DIR").unwrap_or_else(|_| "config".to_owned());
         let built = config::Config::builder()
             .add_source(config::File::with_name(&format!("{dir}/default")).required(false))
             .add_source(config::File::with_name(&format!("{dir}/{app_env}")).required(false))
@@ -608,6 +616,34 @@ mod tests {
             ("MAX_MESSAGE_BYTES", "1000")
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn files_are_layered_under_the_environment() {
+        let dir = std::env::temp_dir().join(format!("blindrelay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("default.toml"),
+            "max_room_members = 7\nmax_msgs_per_10s = 11\ncors_allowed_origins = \"https://a.example\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("production.toml"), "max_msgs_per_10s = 12\n").unwrap();
+        let env: HashMap<String, String> = [
+            ("APP_ENV", "prod"),
+            ("JOIN_TOKEN_SECRET", SECRET),
+            ("MAX_ROOM_MEMBERS", "9"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = Settings::load_from(dir.to_str().unwrap(), env).unwrap();
+        assert_eq!(s.max_room_members, 9, "environment wins");
+        assert_eq!(
+            s.max_msgs_per_10s, 12,
+            "the environment's file wins over default.toml"
+        );
+        assert_eq!(s.cors_allowed_origins, ["https://a.example"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -51,7 +51,6 @@ pub(crate) struct WsSession {
     last_pong: Instant,
     /// Whether this session's end has been counted in the metrics.
     counted: bool,
-    _slot: ConnectionSlot,
     log: slog::Logger,
 }
 
@@ -74,7 +73,8 @@ pub(crate) fn start(
         .aggregate_continuations()
         .max_continuation_size(max);
     let outbox = Outbox::new();
-    actix_rt::spawn(outbox.clone().run_writer(session));
+    let close_grace = Duration::from_millis(app.settings.ws_ping_timeout_ms);
+    actix_rt::spawn(outbox.clone().run_writer(session, slot, close_grace));
     let s = &app.settings;
     let budget = SendBudget::new(s.max_msgs_per_10s, s.max_bytes_per_10s, Instant::now());
     WsSession::create(move |ctx| {
@@ -87,7 +87,6 @@ pub(crate) fn start(
             budget,
             last_pong: Instant::now(),
             counted: false,
-            _slot: slot,
             log,
         }
     });

@@ -17,7 +17,9 @@ use actix_ws::{CloseCode, CloseReason, Message};
 use bytestring::ByteString;
 use futures_util::SinkExt;
 use tokio::sync::Notify;
+use tokio::time::{timeout_at, Duration, Instant};
 
+use crate::limits::ConnectionSlot;
 use crate::protocol::Close;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -126,14 +128,35 @@ impl Outbox {
     }
 
     /// Feeds queued frames to the client until a close frame has gone out,
-    /// the outbox is aborted, or the client is gone.
-    pub(crate) async fn run_writer(self: Rc<Self>, mut session: actix_ws::Session) {
-        loop {
-            if self.state.get() == State::Aborted {
-                break;
+    /// the outbox is aborted, or the client is gone. Once the session is
+    /// closing, everything left must go out within `close_grace`: a client
+    /// that does not read would otherwise hold the connection forever. The
+    /// connection's slot is held until then, so such clients still count
+    /// against `MAX_CONNS_PER_IP` and `MAX_TOTAL_CONNECTIONS`.
+    pub(crate) async fn run_writer(
+        self: Rc<Self>,
+        mut session: actix_ws::Session,
+        slot: ConnectionSlot,
+        close_grace: Duration,
+    ) {
+        let mut deadline: Option<Instant> = None;
+        'frames: loop {
+            match self.state.get() {
+                State::Aborted => break,
+                State::Closing if deadline.is_none() => {
+                    deadline = Some(Instant::now() + close_grace)
+                }
+                _ => {}
             }
             let Some(msg) = self.pop() else {
-                self.notify.notified().await;
+                match deadline {
+                    Some(d) => {
+                        if timeout_at(d, self.notify.notified()).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => self.notify.notified().await,
+                }
                 continue;
             };
             let (len, last) = match &msg {
@@ -142,7 +165,26 @@ impl Outbox {
                 Message::Close(_) => (0, true),
                 _ => (0, false),
             };
-            let sent = session.feed(msg).await;
+            let feed = session.feed(msg);
+            tokio::pin!(feed);
+            let sent = loop {
+                if let Some(d) = deadline {
+                    match timeout_at(d, &mut feed).await {
+                        Ok(r) => break r,
+                        Err(_) => break 'frames,
+                    }
+                }
+                tokio::select! {
+                    r = &mut feed => break r,
+                    // The session may start closing (or be aborted) while
+                    // this frame waits for a client that is not reading.
+                    _ = self.notify.notified() => match self.state.get() {
+                        State::Aborted => break 'frames,
+                        State::Closing => deadline = Some(Instant::now() + close_grace),
+                        State::Open => {}
+                    },
+                }
+            };
             self.pending.fetch_sub(len, Ordering::Relaxed);
             if sent.is_err() || last {
                 break;
@@ -151,5 +193,7 @@ impl Outbox {
         // Dropping the session's last handle ends the response body, which
         // closes the connection.
         self.abort();
+        drop(session);
+        drop(slot);
     }
 }
