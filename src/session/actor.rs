@@ -90,7 +90,9 @@ pub(crate) fn start(
             log,
         }
     });
-    Ok(response)
+    Ok(response
+        .map_body(|_, body| super::body::DisconnectAtEnd::new(body))
+        .map_into_boxed_body())
 }
 
 impl Actor for WsSession {
@@ -99,7 +101,7 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.app.metrics.connections_total.inc();
         self.app.metrics.connections_active.inc();
-        slog::debug!(self.log, "session opened");
+        slog::info!(self.log, "session opened");
         if self.mode == Mode::Echo {
             return;
         }

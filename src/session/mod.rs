@@ -5,6 +5,7 @@
 //! writer task.
 
 mod actor;
+mod body;
 pub(crate) mod outbox;
 
 pub(crate) use actor::{start, Mode};

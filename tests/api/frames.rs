@@ -480,3 +480,16 @@ async fn messages_from_two_senders_each_keep_their_order() {
         }
     }
 }
+
+#[actix_web::test]
+async fn after_the_close_frames_the_server_closes_the_connection() {
+    use futures_util::StreamExt;
+    let app = spawn_app(&[]).await;
+    let (mut c, _) = app.join(&unique("r")).await;
+    c.send_json(json!({"type": "leave"})).await;
+    c.expect_close(1000, "leave").await;
+    // tungstenite answers the close; the server must then hang up rather
+    // than wait for the client to.
+    let rest = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = c.ws.next().await {} }).await;
+    assert!(rest.is_ok(), "the server closed the TCP connection");
+}

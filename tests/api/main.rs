@@ -7,4 +7,5 @@ mod frames;
 mod http_api;
 mod lifecycle;
 mod privacy;
+mod process;
 mod tokens;
