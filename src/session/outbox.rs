@@ -33,6 +33,8 @@ enum State {
 
 pub(crate) struct Outbox {
     queue: RefCell<VecDeque<Message>>,
+    /// Pings and pongs: they go out before queued data, in their own order.
+    control: RefCell<VecDeque<Message>>,
     notify: Notify,
     state: Cell<State>,
     /// Bytes of text frames queued and not yet written (shared with rooms).
@@ -43,6 +45,7 @@ impl Outbox {
     pub(crate) fn new() -> Rc<Self> {
         Rc::new(Outbox {
             queue: RefCell::new(VecDeque::new()),
+            control: RefCell::new(VecDeque::new()),
             notify: Notify::new(),
             state: Cell::new(State::Open),
             pending: Arc::new(AtomicUsize::new(0)),
@@ -77,7 +80,7 @@ impl Outbox {
     /// Queues a control frame ahead of queued data.
     pub(crate) fn push_control(&self, msg: Message) {
         if self.state.get() == State::Open {
-            self.queue.borrow_mut().push_front(msg);
+            self.control.borrow_mut().push_back(msg);
             self.notify.notify_one();
         }
     }
@@ -120,11 +123,13 @@ impl Outbox {
     pub(crate) fn abort(&self) {
         self.state.set(State::Aborted);
         self.queue.borrow_mut().clear();
+        self.control.borrow_mut().clear();
         self.notify.notify_one();
     }
 
     fn pop(&self) -> Option<Message> {
-        self.queue.borrow_mut().pop_front()
+        let control = self.control.borrow_mut().pop_front();
+        control.or_else(|| self.queue.borrow_mut().pop_front())
     }
 
     /// Feeds queued frames to the client until a close frame has gone out,

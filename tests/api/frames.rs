@@ -490,6 +490,7 @@ async fn after_the_close_frames_the_server_closes_the_connection() {
     c.expect_close(1000, "leave").await;
     // tungstenite answers the close; the server must then hang up rather
     // than wait for the client to.
-    let rest = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = c.ws.next().await {} }).await;
+    let rest =
+        tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = c.ws.next().await {} }).await;
     assert!(rest.is_ok(), "the server closed the TCP connection");
 }
