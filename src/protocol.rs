@@ -5,11 +5,16 @@
 //! `data` is never decoded: it is kept as the raw JSON string token it came
 //! in as, and written out byte for byte inside the `message` frame, so the
 //! relay neither parses nor transforms what it carries.
+//!
+//! Server frames are built as complete WebSocket frames (header included):
+//! frames from a server are not masked, so the same bytes can go to every
+//! recipient, and a fan-out costs one reference count per recipient.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use bytestring::ByteString;
+use actix_http::ws::{OpCode, Parser};
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -164,12 +169,35 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
 }
 
+/// Encodes one unmasked, final WebSocket frame.
+pub fn ws_frame(op: OpCode, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(payload.len() + 10);
+    Parser::write_message(&mut buf, payload, op, true, false);
+    buf.freeze()
+}
+
+/// A close frame with `code` and `reason` (at most 123 bytes are sent).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    ws_frame(OpCode::Close, &payload)
+}
+
 /// Server-to-client frames, each built once into shareable bytes.
 pub mod server {
     use super::*;
 
+    fn text(json: String) -> Bytes {
+        ws_frame(OpCode::Text, json.as_bytes())
+    }
+
     /// `{"type":"message","from":..,"data":..}` with `data` copied verbatim.
-    pub fn message(from: &str, raw_data: &str, direct: bool) -> ByteString {
+    pub fn message(from: &str, raw_data: &str, direct: bool) -> Bytes {
         let mut s = String::with_capacity(raw_data.len() + from.len() + 48);
         s.push_str(r#"{"type":"message","from":""#);
         s.push_str(from);
@@ -179,14 +207,10 @@ pub mod server {
             s.push_str(r#","direct":true"#);
         }
         s.push('}');
-        ByteString::from(s)
+        text(s)
     }
 
-    pub fn welcome<'m>(
-        room: &str,
-        member: &str,
-        others: impl Iterator<Item = &'m str>,
-    ) -> ByteString {
+    pub fn welcome<'m>(room: &str, member: &str, others: impl Iterator<Item = &'m str>) -> Bytes {
         let mut s = String::with_capacity(96);
         s.push_str(r#"{"type":"welcome","room":""#);
         s.push_str(room);
@@ -202,26 +226,26 @@ pub mod server {
             s.push('"');
         }
         s.push_str("]}");
-        ByteString::from(s)
+        text(s)
     }
 
-    pub fn member_joined(member: &str) -> ByteString {
-        ByteString::from(format!(r#"{{"type":"member_joined","member":"{member}"}}"#))
+    pub fn member_joined(member: &str) -> Bytes {
+        text(format!(r#"{{"type":"member_joined","member":"{member}"}}"#))
     }
 
-    pub fn member_left(member: &str) -> ByteString {
-        ByteString::from(format!(r#"{{"type":"member_left","member":"{member}"}}"#))
+    pub fn member_left(member: &str) -> Bytes {
+        text(format!(r#"{{"type":"member_left","member":"{member}"}}"#))
     }
 
-    pub fn ack(id: &str) -> ByteString {
+    pub fn ack(id: &str) -> Bytes {
         let mut s = String::with_capacity(id.len() + 24);
         s.push_str(r#"{"type":"ack","id":"#);
         push_json_str(&mut s, id);
         s.push('}');
-        ByteString::from(s)
+        text(s)
     }
 
-    pub fn error(code: ErrorCode, id: Option<&str>) -> ByteString {
+    pub fn error(code: ErrorCode, id: Option<&str>) -> Bytes {
         let mut s = String::with_capacity(96);
         let _ = write!(
             s,
@@ -234,11 +258,11 @@ pub mod server {
             push_json_str(&mut s, id);
         }
         s.push('}');
-        ByteString::from(s)
+        text(s)
     }
 
-    pub fn notice(code: &str) -> ByteString {
-        ByteString::from(format!(r#"{{"type":"notice","code":"{code}"}}"#))
+    pub fn notice(code: &str) -> Bytes {
+        text(format!(r#"{{"type":"notice","code":"{code}"}}"#))
     }
 }
 
@@ -398,6 +422,35 @@ mod tests {
         assert!(ClientFrame::parse(&ok).is_ok());
     }
 
+    /// Decodes a server frame as a client would.
+    fn decode(frame: &Bytes) -> (OpCode, Vec<u8>) {
+        let mut buf = BytesMut::from(&frame[..]);
+        let (fin, op, payload) = Parser::parse(&mut buf, false, usize::MAX).unwrap().unwrap();
+        assert!(fin && buf.is_empty(), "one whole frame");
+        (op, payload.map(|p| p.to_vec()).unwrap_or_default())
+    }
+
+    fn json(frame: &Bytes) -> String {
+        let (op, payload) = decode(frame);
+        assert_eq!(op, OpCode::Text);
+        String::from_utf8(payload).unwrap()
+    }
+
+    #[test]
+    fn frames_of_every_length_class_decode() {
+        for len in [0, 1, 125, 126, 65_535, 65_536, 70_000] {
+            let data = vec![b'a'; len];
+            let (op, payload) = decode(&ws_frame(OpCode::Binary, &data));
+            assert_eq!((op, payload.len()), (OpCode::Binary, len));
+        }
+        let (op, payload) = decode(&close_frame(4413, "slow consumer"));
+        assert_eq!(op, OpCode::Close);
+        assert_eq!(&payload[..2], &4413u16.to_be_bytes());
+        assert_eq!(&payload[2..], b"slow consumer");
+        let (_, long) = decode(&close_frame(1000, &"é".repeat(100)));
+        assert!(long.len() <= 125, "control frames stay within 125 bytes");
+    }
+
     #[test]
     fn server_frames_are_valid_json() {
         let frames = [
@@ -410,11 +463,12 @@ mod tests {
             server::notice("cluster_degraded"),
         ];
         for f in frames {
-            let v: serde_json::Value = serde_json::from_str(&f).unwrap();
-            assert!(v["type"].is_string(), "{f}");
+            let text = json(&f);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["type"].is_string(), "{text}");
         }
         let m: serde_json::Value =
-            serde_json::from_str(&server::message("m1", r#""a\"b""#, true)).unwrap();
+            serde_json::from_str(&json(&server::message("m1", r#""a\"b""#, true))).unwrap();
         assert_eq!(m["data"], "a\"b");
         assert_eq!(m["direct"], true);
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use bytestring::ByteString;
+use bytes::Bytes;
 
 use super::messages::*;
 use crate::ids::new_member_id;
@@ -58,24 +58,24 @@ impl Room {
 
     /// Hands `frame` to one member unless that would put more than the
     /// slow-consumer threshold in its queue; false means the member must go.
-    fn offer(&self, member: &MemberHandle, frame: &ByteString) -> bool {
+    fn offer(&self, member: &MemberHandle, frame: &Bytes) -> bool {
         let len = frame.len();
         let before = member.pending.fetch_add(len, Ordering::Relaxed);
         if let Some(limit) = self.config.slow_consumer_threshold {
-            if before + len > limit {
+            if before.saturating_add(len) > limit {
                 member.pending.fetch_sub(len, Ordering::Relaxed);
                 return false;
             }
         }
         member.recipient.do_send(Deliver {
-            frame: Outgoing::Text(frame.clone()),
+            frame: Outgoing::Frame(frame.clone()),
         });
         true
     }
 
     /// Sends `frame` to every member but `except`; returns how many got it.
     /// Members that cannot keep up are closed with 4413 and announced as left.
-    fn broadcast(&mut self, frame: &ByteString, except: Option<&str>) -> u64 {
+    fn broadcast(&mut self, frame: &Bytes, except: Option<&str>) -> u64 {
         let mut delivered = 0;
         let mut slow: Vec<Arc<str>> = Vec::new();
         for (id, member) in &self.members {
@@ -133,7 +133,7 @@ impl Room {
             .pending
             .fetch_add(welcome.len(), Ordering::Relaxed);
         msg.member.recipient.do_send(Deliver {
-            frame: Outgoing::Text(welcome),
+            frame: Outgoing::Frame(welcome),
         });
         self.broadcast(&server::member_joined(&id), None);
         self.members.insert(id.clone(), msg.member);

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::protocol::Close;
@@ -11,8 +12,9 @@ use crate::protocol::Close;
 /// What a room (or the session itself) hands to a session for its client.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// A complete JSON text frame, shared by all its recipients.
-    Text(ByteString),
+    /// A complete WebSocket frame (header included) holding one JSON
+    /// object, shared by all its recipients.
+    Frame(Bytes),
     /// Close the session with this code (e.g. 4413 for a slow consumer).
     Close(Close),
 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_http::ws::OpCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
+use actix_ws::{AggregatedMessage, CloseReason, ProtocolError};
 use bytestring::ByteString;
 
-use super::outbox::Outbox;
+use super::outbound::{echo_frame, Outbound, OutboundBody};
 use crate::limits::{ConnectionSlot, SendBudget};
 use crate::metrics::{CLIENT_CLOSED, PING_TIMEOUT};
 use crate::protocol::{server, ClientFrame, Close, ErrorCode, SendFrame};
@@ -46,7 +47,7 @@ pub(crate) struct WsSession {
     app: Arc<AppState>,
     mode: Mode,
     phase: Phase,
-    outbox: Rc<Outbox>,
+    outbound: Rc<Outbound>,
     budget: SendBudget,
     last_pong: Instant,
     /// Whether this session's end has been counted in the metrics.
@@ -63,7 +64,9 @@ pub(crate) fn start(
     mode: Mode,
     log: slog::Logger,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, stream) = actix_ws::handle(req, payload)?;
+    // actix-ws does the handshake and the inbound side; its `Session`
+    // (outbound) is not used: frames go out pre-encoded through `Outbound`.
+    let (response, _session, stream) = actix_ws::handle(req, payload)?;
     let max = match mode {
         Mode::Relay => app.settings.max_message_bytes + 4096,
         Mode::Echo => ECHO_MAX_BYTES,
@@ -72,9 +75,8 @@ pub(crate) fn start(
         .max_frame_size(max)
         .aggregate_continuations()
         .max_continuation_size(max);
-    let outbox = Outbox::new();
-    let close_grace = Duration::from_millis(app.settings.ws_ping_timeout_ms);
-    actix_rt::spawn(outbox.clone().run_writer(session, slot, close_grace));
+    let outbound = Outbound::new();
+    let body_out = outbound.clone();
     let s = &app.settings;
     let budget = SendBudget::new(s.max_msgs_per_10s, s.max_bytes_per_10s, Instant::now());
     WsSession::create(move |ctx| {
@@ -83,7 +85,7 @@ pub(crate) fn start(
             app,
             mode,
             phase: Phase::AwaitingJoin,
-            outbox,
+            outbound,
             budget,
             last_pong: Instant::now(),
             counted: false,
@@ -91,7 +93,7 @@ pub(crate) fn start(
         }
     });
     Ok(response
-        .map_body(|_, body| super::body::DisconnectAtEnd::new(body))
+        .map_body(move |_, ws_body| OutboundBody::new(body_out, ws_body, slot))
         .map_into_boxed_body())
 }
 
@@ -116,7 +118,7 @@ impl Actor for WsSession {
             Duration::from_millis(s.ws_ping_interval_ms),
             move |act, ctx| {
                 let sent = Instant::now();
-                act.outbox.push_control(Message::Ping(bytes::Bytes::new()));
+                act.outbound.push_control(OpCode::Ping, b"");
                 ctx.run_later(timeout, move |act, ctx| {
                     if act.last_pong < sent {
                         act.drop_peer(ctx);
@@ -167,7 +169,7 @@ impl WsSession {
         self.phase = Phase::Done;
         // A slow consumer is not reading: what is queued would only delay
         // the close frame.
-        self.outbox.close(close, close == Close::SlowConsumer);
+        self.outbound.close(close, close == Close::SlowConsumer);
         ctx.stop();
     }
 
@@ -175,13 +177,13 @@ impl WsSession {
     fn drop_peer(&mut self, ctx: &mut Context<Self>) {
         self.record_end(PING_TIMEOUT);
         self.leave_room();
-        self.outbox.abort();
+        self.outbound.abort();
         ctx.stop();
     }
 
     fn on_text(&mut self, ctx: &mut Context<Self>, text: ByteString) {
         if self.mode == Mode::Echo {
-            self.outbox.push_text(text);
+            self.outbound.push(echo_frame(true, text.as_bytes()));
             return;
         }
         if matches!(self.phase, Phase::Done) {
@@ -217,7 +219,7 @@ impl WsSession {
         let app = self.app.clone();
         let member = MemberHandle {
             recipient: ctx.address().recipient(),
-            pending: self.outbox.pending.clone(),
+            pending: self.outbound.pending.clone(),
         };
         let join = async move {
             if app.replay.burn(&claims.jti, claims.exp).await == Burn::Replayed {
@@ -262,18 +264,16 @@ impl WsSession {
             return self.close(ctx, Close::InvalidFrame);
         };
         if send.data_len > self.app.settings.max_message_bytes {
-            self.outbox.push_text(server::error(
-                ErrorCode::MessageTooLarge,
-                send.id.as_deref(),
-            ));
+            let err = server::error(ErrorCode::MessageTooLarge, send.id.as_deref());
+            self.outbound.push(err);
             return;
         }
         if !self.budget.charge(send.data_len, Instant::now()) {
             return self.close(ctx, Close::RateLimited);
         }
         if send.to.as_deref() == Some(&**member) {
-            self.outbox
-                .push_text(server::error(ErrorCode::UnknownMember, send.id.as_deref()));
+            let err = server::error(ErrorCode::UnknownMember, send.id.as_deref());
+            self.outbound.push(err);
             return;
         }
         // `data` is a slice of the frame the client sent: shared, not copied.
@@ -294,12 +294,12 @@ impl WsSession {
     fn on_client_close(&mut self, ctx: &mut Context<Self>, reason: Option<CloseReason>) {
         self.record_end(CLIENT_CLOSED);
         self.leave_room();
-        let reply = match reason {
-            None => CloseReason::from(CloseCode::Normal),
-            Some(r) if is_valid_close_code(u16::from(r.code)) => CloseReason::from(r.code),
-            Some(_) => CloseReason::from(CloseCode::Protocol),
+        let reply = match reason.map(|r| u16::from(r.code)) {
+            None => 1000,
+            Some(code) if is_valid_close_code(code) => code,
+            Some(_) => 1002,
         };
-        self.outbox.close_with(reply, false);
+        self.outbound.close_with(reply, "", false);
         ctx.stop();
     }
 }
@@ -314,7 +314,7 @@ impl Handler<Deliver> for WsSession {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         match msg.frame {
-            Outgoing::Text(frame) => self.outbox.push_counted(frame),
+            Outgoing::Frame(frame) => self.outbound.push_counted(frame),
             Outgoing::Close(close) => {
                 // The room has already removed this member.
                 if let Phase::Joined { .. } = self.phase {
@@ -331,11 +331,11 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(ctx, text),
             Ok(AggregatedMessage::Binary(data)) => match self.mode {
-                Mode::Echo => self.outbox.push_binary(data),
+                Mode::Echo => self.outbound.push(echo_frame(false, &data)),
                 Mode::Relay => self.close(ctx, Close::Binary),
             },
             Ok(AggregatedMessage::Ping(payload)) => {
-                self.outbox.push_control(Message::Pong(payload))
+                self.outbound.push_control(OpCode::Pong, &payload)
             }
             Ok(AggregatedMessage::Pong(_)) => self.last_pong = Instant::now(),
             Ok(AggregatedMessage::Close(reason)) => self.on_client_close(ctx, reason),
@@ -353,7 +353,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                         // The connection itself failed: nobody to send a close to.
                         slog::debug!(self.log, "connection error"; "error" => %e);
                         self.leave_room();
-                        self.outbox.abort();
+                        self.outbound.abort();
                         ctx.stop();
                         return;
                     }
@@ -368,7 +368,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The client's side of the connection ended.
         self.leave_room();
-        self.outbox.abort();
+        self.outbound.abort();
         ctx.stop();
     }
 }
