@@ -203,9 +203,23 @@ impl AppHandle {
     /// Test hook: makes the room's actor fail once, as a bug would.
     #[cfg(feature = "test-hooks")]
     pub async fn fail_room(&self, room: &str) -> bool {
+        self.inject(room, false).await
+    }
+
+    /// Test hook: makes the room's actor fail in its next join.
+    #[cfg(feature = "test-hooks")]
+    pub async fn fail_next_join(&self, room: &str) -> bool {
+        self.inject(room, true).await
+    }
+
+    #[cfg(feature = "test-hooks")]
+    async fn inject(&self, room: &str, on_next_join: bool) -> bool {
         self.state
             .registry
-            .send(crate::registry::FailRoom { room: room.into() })
+            .send(crate::registry::FailRoom {
+                room: room.into(),
+                on_next_join,
+            })
             .await
             .unwrap_or(false)
     }

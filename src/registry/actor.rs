@@ -168,7 +168,9 @@ impl Handler<FailRoom> for Registry {
     fn handle(&mut self, msg: FailRoom, _: &mut Self::Context) -> bool {
         match self.rooms.get(&msg.room).and_then(|e| e.addr.as_ref()) {
             Some(addr) => {
-                addr.do_send(crate::room::InjectFailure);
+                addr.do_send(crate::room::InjectFailure {
+                    on_next_join: msg.on_next_join,
+                });
                 true
             }
             None => false,

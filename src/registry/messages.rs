@@ -61,4 +61,6 @@ pub struct RoomExists {
 pub struct FailRoom {
     /// The room to break.
     pub room: Arc<str>,
+    /// Fail in the room's next join instead of right away.
+    pub on_next_join: bool,
 }

@@ -34,6 +34,8 @@ pub struct Room {
     joins_seen: u64,
     /// Set when a handler failed, so `restarting` counts a real restart.
     failed: bool,
+    #[cfg(feature = "test-hooks")]
+    fail_next_join: bool,
 }
 
 impl Room {
@@ -53,6 +55,8 @@ impl Room {
             log,
             joins_seen: 0,
             failed: false,
+            #[cfg(feature = "test-hooks")]
+            fail_next_join: false,
         }
     }
 
@@ -116,6 +120,10 @@ impl Room {
 
     fn join(&mut self, msg: Join, ctx: &Context<Self>) -> Result<Arc<str>, JoinRefused> {
         self.joins_seen += 1;
+        #[cfg(feature = "test-hooks")]
+        if std::mem::take(&mut self.fail_next_join) {
+            panic!("injected room failure");
+        }
         if self.members.len() >= self.config.max_members {
             self.after_leave(ctx);
             return Err(JoinRefused::RoomFull);
@@ -257,7 +265,11 @@ impl Handler<Leave> for Room {
 impl Handler<InjectFailure> for Room {
     type Result = ();
 
-    fn handle(&mut self, _: InjectFailure, ctx: &mut Self::Context) {
-        self.guarded(ctx, |_, _| panic!("injected room failure"));
+    fn handle(&mut self, msg: InjectFailure, ctx: &mut Self::Context) {
+        if msg.on_next_join {
+            self.fail_next_join = true;
+        } else {
+            self.guarded(ctx, |_, _| panic!("injected room failure"));
+        }
     }
 }

@@ -83,4 +83,7 @@ pub struct Leave {
 #[cfg(feature = "test-hooks")]
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct InjectFailure;
+pub struct InjectFailure {
+    /// Fail in the next `Join` instead of right away.
+    pub on_next_join: bool,
+}

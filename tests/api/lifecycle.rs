@@ -101,3 +101,27 @@ async fn while_draining_ready_is_503_and_upgrades_get_503() {
         1.0
     );
 }
+
+#[actix_web::test]
+async fn a_join_that_meets_an_internal_failure_closes_with_1011_and_the_room_recovers() {
+    let app = spawn_app(&[]).await;
+    let (room, mut m) = app.room_of(1).await;
+    assert!(app.handle.fail_next_join(&room).await);
+    let mut c = app.connect().await;
+    c.send_json(json!({"type": "join", "token": token(&room)}))
+        .await;
+    c.expect_close(1011, "internal error").await;
+    m[0].0.expect_silence(Duration::from_millis(100)).await;
+    let (_c2, w) = app.join(&room).await;
+    assert_eq!(
+        w["members"],
+        json!([m[0].1.clone()]),
+        "the room kept its member"
+    );
+    assert_eq!(
+        app.metric(r#"blindrelay_disconnects_total{reason="internal_error"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(app.metric("blindrelay_room_restarts_total").await, 1.0);
+}
