@@ -108,6 +108,10 @@ fn decoded_len(raw: &str) -> Result<usize, FrameError> {
 impl<'a> ClientFrame<'a> {
     /// Parses one text frame.
     pub fn parse(text: &'a str) -> Result<Self, FrameError> {
+        // serde would also fill the struct from a JSON array, by position.
+        if !text.trim_start().starts_with('{') {
+            return Err(FrameError::Malformed);
+        }
         let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|_| FrameError::Malformed)?;
         match raw.kind.as_ref() {
             "join" => {
@@ -406,6 +410,8 @@ mod tests {
         for bad in [
             "not json",
             "[]",
+            r#"["leave"]"#,
+            r#"["send",null,"hi"]"#,
             r#"{"data":"x"}"#,
             r#"{"type":"sing"}"#,
             r#"{"type":"send"}"#,

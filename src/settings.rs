@@ -111,6 +111,7 @@ pub struct Settings {
     pub ws_ping_timeout_ms: u64,
     pub http_keep_alive_timeout_ms: u64,
     pub join_timeout_ms: u64,
+    pub tcp_user_timeout_ms: u64,
     pub room_idle_ttl_secs: u64,
     pub presence_ttl_ms: u64,
     pub shutdown_timeout_ms: u64,
@@ -371,6 +372,22 @@ impl Settings {
                 ),
             ));
         }
+        let slow_consumer_buffer_threshold = s.num(
+            "SLOW_CONSUMER_BUFFER_THRESHOLD",
+            1_048_576usize,
+            1024,
+            usize::MAX,
+        )?;
+        if slow_consumer_buffer_threshold < max_message_bytes + 4096 {
+            return Err(Source::err(
+                "SLOW_CONSUMER_BUFFER_THRESHOLD",
+                format!(
+                    "got {slow_consumer_buffer_threshold}, want at least MAX_MESSAGE_BYTES + 4096 ({}), \
+                     or one message of the maximum size would close every recipient",
+                    max_message_bytes + 4096
+                ),
+            ));
+        }
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -438,12 +455,7 @@ impl Settings {
             http_probe_limit_per_min: s.num("HTTP_PROBE_LIMIT_PER_MIN", 100u64, 1, u64::MAX)?,
             max_msgs_per_10s: s.num("MAX_MSGS_PER_10S", 100u64, 1, u64::MAX)?,
             max_bytes_per_10s,
-            slow_consumer_buffer_threshold: s.num(
-                "SLOW_CONSUMER_BUFFER_THRESHOLD",
-                1_048_576usize,
-                1024,
-                usize::MAX,
-            )?,
+            slow_consumer_buffer_threshold,
             max_room_members: s.num("MAX_ROOM_MEMBERS", 50usize, 1, usize::MAX)?,
             max_message_bytes,
             csp_directives: s.string("CSP_DIRECTIVES", DEFAULT_CSP),
@@ -471,6 +483,7 @@ impl Settings {
                 3_600_000,
             )?,
             join_timeout_ms: s.num("JOIN_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?,
+            tcp_user_timeout_ms: s.num("TCP_USER_TIMEOUT_MS", 30_000u64, 0, 3_600_000)?,
             room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365)?,
             presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
             shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000)?,
@@ -605,6 +618,18 @@ mod tests {
             s.cors_allowed_origins,
             ["https://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn a_slow_consumer_threshold_below_one_message_is_refused() {
+        let e = Settings::from_pairs([("MAX_MESSAGE_BYTES", "2000000")]).unwrap_err();
+        assert_eq!(e.var, "MAX_BYTES_PER_10S");
+        let e = Settings::from_pairs([
+            ("MAX_MESSAGE_BYTES", "2000000"),
+            ("MAX_BYTES_PER_10S", "9000000"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SLOW_CONSUMER_BUFFER_THRESHOLD");
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Application {
             .with_context(|| format!("binding {}:{} (HOST, PORT)", s.host, s.port))?;
         let port = listener.local_addr()?.port();
         let settings_data = web::Data::new(settings.clone());
+        let tcp_user_timeout = Duration::from_millis(s.tcp_user_timeout_ms);
         let app_state = state.clone();
         let route_settings = settings.clone();
         let server = HttpServer::new(move || {
@@ -141,6 +142,11 @@ impl Application {
         .workers(s.workers)
         .backlog(4096)
         .keep_alive(Duration::from_millis(s.http_keep_alive_timeout_ms))
+        // Zero: once a WebSocket has sent its close frame the dispatcher
+        // flushes and closes the connection at once, instead of lingering
+        // until the client hangs up (see session::outbound).
+        .client_disconnect_timeout(Duration::ZERO)
+        .on_connect(move |conn, _| set_tcp_user_timeout(conn, tcp_user_timeout))
         .shutdown_timeout(1)
         .disable_signals()
         .listen(listener)?
@@ -177,6 +183,20 @@ impl Application {
             handle.shutdown().await;
         });
         self.server.await
+    }
+}
+
+/// Bounds how long sent data may stay unacknowledged (or the peer's window
+/// closed) before the kernel drops the connection: a client that stops
+/// reading, or vanishes, cannot hold its connection for the kernel's default
+/// quarter of an hour. Zero keeps the kernel's default.
+fn set_tcp_user_timeout(conn: &dyn std::any::Any, timeout: Duration) {
+    if timeout.is_zero() {
+        return;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout));
     }
 }
 

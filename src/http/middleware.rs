@@ -7,9 +7,9 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpMessage, HttpResponse};
+use actix_web::{web, Error, HttpMessage, HttpResponse, ResponseError};
 
-use super::errors::RequestId;
+use super::errors::{ApiError, RequestId};
 use crate::ids::{is_valid_request_id, new_request_id};
 use crate::settings::{AppEnv, Settings};
 
@@ -35,14 +35,54 @@ pub(crate) async fn request_id(
         .filter(|v| enabled && is_valid_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    let rid = RequestId(id.clone());
+    req.extensions_mut().insert(rid.clone());
+    // Only standard methods reach the router and the HTTP metrics, whose
+    // `method` label would otherwise take any token a client sends.
+    let standard = matches!(
+        *req.method(),
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::PATCH
+            | Method::OPTIONS
+    );
+    let mut res = if standard {
+        next.call(req).await?.map_into_boxed_body()
+    } else {
+        let (http_req, _) = req.into_parts();
+        ServiceResponse::new(http_req, method_not_allowed(&rid))
+    };
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        // The router's own 405 has no body; every error gets the error body.
+        let allow = res.headers().get(header::ALLOW).cloned();
+        let (http_req, _) = res.into_parts();
+        let mut resp = method_not_allowed(&rid);
+        if let Some(allow) = allow {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
+        res = ServiceResponse::new(http_req, resp);
+    }
     if enabled {
         if let Ok(v) = HeaderValue::from_str(&id) {
             res.headers_mut().insert(X_REQUEST_ID, v);
         }
     }
     Ok(res)
+}
+
+fn method_not_allowed(rid: &RequestId) -> HttpResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed on this route",
+        rid,
+    )
+    .error_response()
 }
 
 /// Adds the security headers of `FEATURE_SECURITY_HEADERS`.

@@ -13,23 +13,25 @@ use crate::settings::Settings;
 
 /// Registers every route the settings turn on.
 pub(crate) fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
-    cfg.route("/live", web::get().to(probes::live));
+    cfg.service(web::resource("/live").route(web::get().to(probes::live)));
     if settings.feature_readiness_endpoint {
-        cfg.route("/ready", web::get().to(probes::ready));
+        cfg.service(web::resource("/ready").route(web::get().to(probes::ready)));
     }
     if settings.feature_health_endpoint {
-        cfg.route("/health", web::get().to(probes::health));
+        cfg.service(web::resource("/health").route(web::get().to(probes::health)));
     }
     if settings.feature_metrics_endpoint {
-        cfg.route("/metrics", web::get().to(probes::metrics));
+        cfg.service(web::resource("/metrics").route(web::get().to(probes::metrics)));
     }
     if settings.feature_room_api {
-        cfg.route("/v1/rooms", web::post().to(rooms::create_room));
-        cfg.route("/v1/rooms/{room}/tokens", web::post().to(rooms::mint_token));
+        cfg.service(web::resource("/v1/rooms").route(web::post().to(rooms::create_room)));
+        cfg.service(
+            web::resource("/v1/rooms/{room}/tokens").route(web::post().to(rooms::mint_token)),
+        );
     }
-    cfg.route("/v1/ws", web::get().to(ws::relay));
+    cfg.service(web::resource("/v1/ws").route(web::get().to(ws::relay)));
     if settings.feature_echo_endpoint {
-        cfg.route("/v1/echo", web::get().to(ws::echo));
+        cfg.service(web::resource("/v1/echo").route(web::get().to(ws::echo)));
     }
 }
 

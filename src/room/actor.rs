@@ -77,6 +77,29 @@ impl Room {
         true
     }
 
+    /// Removes a member that cannot keep up: it is closed with 4413 and the
+    /// others are told it left.
+    fn kick(&mut self, id: &str) {
+        if let Some((id, member)) = self.members.remove_entry(id) {
+            member.recipient.do_send(Deliver {
+                frame: Outgoing::Close(Close::SlowConsumer),
+            });
+            self.announce_left(&id);
+        }
+    }
+
+    /// Hands `frame` to one member, or kicks it if it is too far behind.
+    fn send_to(&mut self, id: &str, frame: &Bytes) -> bool {
+        let Some(member) = self.members.get(id) else {
+            return false;
+        };
+        let ok = self.offer(member, frame);
+        if !ok {
+            self.kick(id);
+        }
+        ok
+    }
+
     /// Sends `frame` to every member but `except`; returns how many got it.
     /// Members that cannot keep up are closed with 4413 and announced as left.
     fn broadcast(&mut self, frame: &Bytes, except: Option<&str>) -> u64 {
@@ -93,12 +116,7 @@ impl Room {
             }
         }
         for id in slow {
-            if let Some(member) = self.members.remove(&id) {
-                member.recipient.do_send(Deliver {
-                    frame: Outgoing::Close(Close::SlowConsumer),
-                });
-                self.announce_left(&id);
-            }
+            self.kick(&id);
         }
         delivered
     }
@@ -149,41 +167,35 @@ impl Room {
     }
 
     fn publish(&mut self, msg: Publish) {
-        let Some(sender) = self.members.get(&msg.from).cloned() else {
+        if !self.members.contains_key(&msg.from) {
             return; // left (or was dropped) while the frame was in flight
-        };
+        }
         let delivered = match msg.to.as_deref() {
             None => {
+                self.count_received(msg.data_len);
                 let frame = server::message(&msg.from, &msg.data, false);
                 self.broadcast(&frame, Some(&msg.from))
             }
             Some(to) if to != &*msg.from && self.members.contains_key(to) => {
+                self.count_received(msg.data_len);
                 let frame = server::message(&msg.from, &msg.data, true);
-                let target = self.members.get(to).cloned();
-                match target {
-                    Some(t) if self.offer(&t, &frame) => 1,
-                    Some(_) => {
-                        if let Some((id, member)) = self.members.remove_entry(to) {
-                            member.recipient.do_send(Deliver {
-                                frame: Outgoing::Close(Close::SlowConsumer),
-                            });
-                            self.announce_left(&id);
-                        }
-                        0
-                    }
-                    None => 0,
-                }
+                u64::from(self.send_to(to, &frame))
             }
             Some(_) => {
                 let err = server::error(ErrorCode::UnknownMember, msg.ack.as_deref());
-                self.offer(&sender, &err);
+                self.send_to(&msg.from, &err);
                 return;
             }
         };
         self.metrics.messages_delivered.inc_by(delivered);
         if let Some(id) = msg.ack.as_deref() {
-            self.offer(&sender, &server::ack(id));
+            self.send_to(&msg.from, &server::ack(id));
         }
+    }
+
+    fn count_received(&self, data_len: usize) {
+        self.metrics.messages_received.inc();
+        self.metrics.message_bytes_received.inc_by(data_len as u64);
     }
 
     fn leave(&mut self, msg: Leave, ctx: &Context<Self>) {
@@ -241,7 +253,11 @@ impl Handler<Join> for Room {
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
         self.guarded(ctx, |room, ctx| room.join(msg, ctx))
-            .unwrap_or(Err(JoinRefused::Unavailable))
+            .unwrap_or_else(|| {
+                // A room whose only join failed must still be retired.
+                self.after_leave(ctx);
+                Err(JoinRefused::Unavailable)
+            })
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Publish {
     pub from: Arc<str>,
     /// The raw JSON string literal of `data`, quotes included; never parsed.
     pub data: ByteString,
+    /// Length of `data` once decoded (for the metrics).
+    pub data_len: usize,
     /// Target member for a direct message.
     pub to: Option<Box<str>>,
     /// The client's `id`, when it asked for an `ack`.

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use actix_http::ws::OpCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseReason, ProtocolError};
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::outbound::{echo_frame, Outbound, OutboundBody};
@@ -75,7 +76,11 @@ pub(crate) fn start(
         .max_frame_size(max)
         .aggregate_continuations()
         .max_continuation_size(max);
-    let outbound = Outbound::new();
+    let limit = app
+        .settings
+        .feature_slow_consumer_protection
+        .then_some(app.settings.slow_consumer_buffer_threshold);
+    let outbound = Outbound::new(limit);
     let body_out = outbound.clone();
     let s = &app.settings;
     let budget = SendBudget::new(s.max_msgs_per_10s, s.max_bytes_per_10s, Instant::now());
@@ -104,6 +109,14 @@ impl Actor for WsSession {
         self.app.metrics.connections_total.inc();
         self.app.metrics.connections_active.inc();
         slog::info!(self.log, "session opened");
+        let mut draining = self.app.draining.subscribe();
+        ctx.spawn(
+            async move {
+                let _ = draining.wait_for(|d| *d).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.close(ctx, Close::Shutdown)),
+        );
         if self.mode == Mode::Echo {
             return;
         }
@@ -118,21 +131,13 @@ impl Actor for WsSession {
             Duration::from_millis(s.ws_ping_interval_ms),
             move |act, ctx| {
                 let sent = Instant::now();
-                act.outbound.push_control(OpCode::Ping, b"");
+                act.queue_control(ctx, OpCode::Ping, b"");
                 ctx.run_later(timeout, move |act, ctx| {
                     if act.last_pong < sent {
                         act.drop_peer(ctx);
                     }
                 });
             },
-        );
-        let mut draining = self.app.draining.subscribe();
-        ctx.spawn(
-            async move {
-                let _ = draining.wait_for(|d| *d).await;
-            }
-            .into_actor(self)
-            .map(|_, act, ctx| act.close(ctx, Close::Shutdown)),
         );
     }
 
@@ -162,6 +167,20 @@ impl WsSession {
         }
     }
 
+    /// Queues a frame for the client; a client too far behind is closed
+    /// with 4413.
+    fn queue(&mut self, ctx: &mut Context<Self>, frame: Bytes) {
+        if self.outbound.push(frame).is_err() {
+            self.close(ctx, Close::SlowConsumer);
+        }
+    }
+
+    fn queue_control(&mut self, ctx: &mut Context<Self>, op: OpCode, payload: &[u8]) {
+        if self.outbound.push_control(op, payload).is_err() {
+            self.close(ctx, Close::SlowConsumer);
+        }
+    }
+
     /// Ends the session with a close frame (PROTOCOL.md section 5).
     fn close(&mut self, ctx: &mut Context<Self>, close: Close) {
         self.record_end(close.metric_reason());
@@ -183,8 +202,7 @@ impl WsSession {
 
     fn on_text(&mut self, ctx: &mut Context<Self>, text: ByteString) {
         if self.mode == Mode::Echo {
-            self.outbound.push(echo_frame(true, text.as_bytes()));
-            return;
+            return self.queue(ctx, echo_frame(true, text.as_bytes()));
         }
         if matches!(self.phase, Phase::Done) {
             return;
@@ -263,29 +281,25 @@ impl WsSession {
             slog::debug!(self.log, "invalid frame"; "problem" => "send before join");
             return self.close(ctx, Close::InvalidFrame);
         };
-        if send.data_len > self.app.settings.max_message_bytes {
-            let err = server::error(ErrorCode::MessageTooLarge, send.id.as_deref());
-            self.outbound.push(err);
-            return;
-        }
-        if !self.budget.charge(send.data_len, Instant::now()) {
+        let too_large = send.data_len > self.app.settings.max_message_bytes;
+        // An oversized send is not relayed, so only its count is charged.
+        let charged = if too_large { 0 } else { send.data_len };
+        if !self.budget.charge(charged, Instant::now()) {
             return self.close(ctx, Close::RateLimited);
+        }
+        if too_large {
+            let err = server::error(ErrorCode::MessageTooLarge, send.id.as_deref());
+            return self.queue(ctx, err);
         }
         if send.to.as_deref() == Some(&**member) {
             let err = server::error(ErrorCode::UnknownMember, send.id.as_deref());
-            self.outbound.push(err);
-            return;
+            return self.queue(ctx, err);
         }
-        // `data` is a slice of the frame the client sent: shared, not copied.
-        let data = text.slice_ref(send.data);
-        self.app.metrics.messages_received.inc();
-        self.app
-            .metrics
-            .message_bytes_received
-            .inc_by(send.data_len as u64);
         room.do_send(Publish {
             from: member.clone(),
-            data,
+            // A slice of the frame the client sent: shared, not copied.
+            data: text.slice_ref(send.data),
+            data_len: send.data_len,
             to: send.to.map(|t| t.into()),
             ack: send.id.map(|i| i.into()),
         });
@@ -331,12 +345,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(ctx, text),
             Ok(AggregatedMessage::Binary(data)) => match self.mode {
-                Mode::Echo => self.outbound.push(echo_frame(false, &data)),
+                Mode::Echo => self.queue(ctx, echo_frame(false, &data)),
                 Mode::Relay => self.close(ctx, Close::Binary),
             },
-            Ok(AggregatedMessage::Ping(payload)) => {
-                self.outbound.push_control(OpCode::Pong, &payload)
-            }
+            Ok(AggregatedMessage::Ping(payload)) => self.queue_control(ctx, OpCode::Pong, &payload),
             Ok(AggregatedMessage::Pong(_)) => self.last_pong = Instant::now(),
             Ok(AggregatedMessage::Close(reason)) => self.on_client_close(ctx, reason),
             Err(e) => {
@@ -345,8 +357,11 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                     ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
                         Close::InvalidUtf8
                     }
-                    // The aggregator reports an oversized fragmented message this way.
-                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::Other => {
+                    // actix-ws's aggregator reports an oversized fragmented
+                    // message only through its error text.
+                    ProtocolError::Io(io)
+                        if io.to_string().contains("maximum continuation size") =>
+                    {
                         Close::TooLarge
                     }
                     ProtocolError::Io(_) => {

@@ -42,17 +42,37 @@ pub(crate) struct Outbound {
     /// dispatcher: every frame is added when queued (by the room, before it
     /// hands a frame over, or here) and subtracted when it goes out.
     pub(crate) pending: Arc<AtomicUsize>,
+    /// `SLOW_CONSUMER_BUFFER_THRESHOLD`, when slow-consumer protection is on.
+    limit: Option<usize>,
 }
 
+/// The client is not reading: more would pass the slow-consumer threshold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Backlogged;
+
 impl Outbound {
-    pub(crate) fn new() -> Rc<Self> {
+    pub(crate) fn new(limit: Option<usize>) -> Rc<Self> {
         Rc::new(Outbound {
             data: RefCell::new(VecDeque::new()),
             control: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
             state: Cell::new(State::Open),
             pending: Arc::new(AtomicUsize::new(0)),
+            limit,
         })
+    }
+
+    /// Counts `len` more bytes unless that passes the threshold.
+    fn reserve(&self, len: usize) -> Result<(), Backlogged> {
+        let before = self.pending.fetch_add(len, Ordering::Relaxed);
+        if self
+            .limit
+            .is_some_and(|limit| before.saturating_add(len) > limit)
+        {
+            self.pending.fetch_sub(len, Ordering::Relaxed);
+            return Err(Backlogged);
+        }
+        Ok(())
     }
 
     fn wake(&self) {
@@ -71,20 +91,24 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame the session produced itself.
-    pub(crate) fn push(&self, frame: Bytes) {
-        self.pending.fetch_add(frame.len(), Ordering::Relaxed);
+    /// Queues a frame the session produced itself (an error, an echo), under
+    /// the same threshold as the frames rooms hand over.
+    pub(crate) fn push(&self, frame: Bytes) -> Result<(), Backlogged> {
+        self.reserve(frame.len())?;
         self.push_counted(frame);
+        Ok(())
     }
 
-    /// Queues a ping or pong ahead of queued data.
-    pub(crate) fn push_control(&self, op: OpCode, payload: &[u8]) {
+    /// Queues a ping or pong ahead of queued data, under the threshold too:
+    /// a client that sends pings but reads nothing must not grow this queue.
+    pub(crate) fn push_control(&self, op: OpCode, payload: &[u8]) -> Result<(), Backlogged> {
         if self.state.get() == State::Open {
             let frame = ws_frame(op, payload);
-            self.pending.fetch_add(frame.len(), Ordering::Relaxed);
+            self.reserve(frame.len())?;
             self.control.borrow_mut().push_back(frame);
             self.wake();
         }
+        Ok(())
     }
 
     /// Queues the close frame after what is queued (or instead of it, with
@@ -130,18 +154,17 @@ struct Finished;
 
 enum Phase {
     Streaming,
-    /// The close frame is out; one more poll lets the dispatcher flush it.
-    Flushing,
     Done,
 }
 
 /// The WebSocket response body.
 ///
-/// When the session has ended it fails on purpose: actix-web's HTTP/1
-/// dispatcher keeps an upgraded connection open after a body that simply
-/// ends, waiting for the client to hang up (the request side of an upgrade
-/// never ends), while RFC 6455 has the server close the TCP connection after
-/// the close frames. A failed body makes the dispatcher drop the connection.
+/// After the close frame it ends; the HTTP server runs with
+/// `client_disconnect_timeout` zero, so the dispatcher then flushes what is
+/// left and closes the TCP connection itself, as RFC 6455 has the server do
+/// (with a timeout it would linger, waiting for the client to hang up
+/// first). An aborted session (the peer is gone) fails the body instead,
+/// which drops the connection at once.
 pub(crate) struct OutboundBody {
     out: Rc<Outbound>,
     phase: Phase,
@@ -178,10 +201,6 @@ impl MessageBody for OutboundBody {
         let this = self.get_mut();
         match this.phase {
             Phase::Done => Poll::Ready(None),
-            Phase::Flushing => {
-                this.phase = Phase::Done;
-                Poll::Ready(Some(Err(Box::new(Finished))))
-            }
             Phase::Streaming => {
                 let out = &this.out;
                 if out.state.get() == State::Aborted {
@@ -194,15 +213,14 @@ impl MessageBody for OutboundBody {
                 }
                 if out.state.get() == State::Closing {
                     // The close frame was the last one out.
-                    this.phase = Phase::Flushing;
-                    cx.waker().wake_by_ref();
-                } else {
-                    let w = match out.waker.take() {
-                        Some(w) if w.will_wake(cx.waker()) => w,
-                        _ => cx.waker().clone(),
-                    };
-                    out.waker.set(Some(w));
+                    this.phase = Phase::Done;
+                    return Poll::Ready(None);
                 }
+                let w = match out.waker.take() {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                };
+                out.waker.set(Some(w));
                 Poll::Pending
             }
         }
@@ -232,12 +250,12 @@ mod tests {
 
     #[test]
     fn control_frames_overtake_data_and_every_byte_is_accounted() {
-        let out = Outbound::new();
+        let out = Outbound::new(None);
         let mut b = body(&out);
-        out.push(Bytes::from_static(b"data-1"));
-        out.push_control(OpCode::Pong, b"p1");
-        out.push_control(OpCode::Pong, b"p2");
-        out.push(Bytes::from_static(b"data-2"));
+        out.push(Bytes::from_static(b"data-1")).unwrap();
+        out.push_control(OpCode::Pong, b"p1").unwrap();
+        out.push_control(OpCode::Pong, b"p2").unwrap();
+        out.push(Bytes::from_static(b"data-2")).unwrap();
         assert!(out.pending.load(Ordering::Relaxed) > 12);
         let mut got = Vec::new();
         while let Poll::Ready(Some(Ok(f))) = poll(&mut b) {
@@ -251,27 +269,32 @@ mod tests {
     }
 
     #[test]
-    fn a_close_goes_after_queued_data_then_the_body_fails_to_drop_the_connection() {
-        let out = Outbound::new();
+    fn a_close_goes_after_queued_data_and_ends_the_body() {
+        let out = Outbound::new(None);
         let mut b = body(&out);
-        out.push(Bytes::from_static(b"data"));
+        out.push(Bytes::from_static(b"data")).unwrap();
         out.close(Close::Leave, false);
-        out.push(Bytes::from_static(b"too late"));
+        out.push(Bytes::from_static(b"too late")).unwrap();
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Ok(f))) if &f[..] == b"data"));
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Ok(f))) if f[0] == 0x88));
-        assert!(
-            poll(&mut b).is_pending(),
-            "one round for the dispatcher to flush"
-        );
-        assert!(matches!(poll(&mut b), Poll::Ready(Some(Err(_)))));
+        assert!(matches!(poll(&mut b), Poll::Ready(None)));
         assert_eq!(out.pending.load(Ordering::Relaxed), 0);
     }
 
     #[test]
+    fn frames_the_session_queues_itself_respect_the_threshold() {
+        let out = Outbound::new(Some(100));
+        assert!(out.push(Bytes::from(vec![b'x'; 90])).is_ok());
+        assert_eq!(out.push(Bytes::from(vec![b'x'; 20])), Err(Backlogged));
+        assert_eq!(out.push_control(OpCode::Pong, &[0u8; 20]), Err(Backlogged));
+        assert_eq!(out.pending.load(Ordering::Relaxed), 90);
+    }
+
+    #[test]
     fn a_discarding_close_drops_queued_data() {
-        let out = Outbound::new();
+        let out = Outbound::new(None);
         let mut b = body(&out);
-        out.push(Bytes::from_static(b"queued"));
+        out.push(Bytes::from_static(b"queued")).unwrap();
         out.close(Close::SlowConsumer, true);
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Ok(f))) if f[0] == 0x88));
         assert_eq!(out.pending.load(Ordering::Relaxed), 0);
@@ -279,9 +302,9 @@ mod tests {
 
     #[test]
     fn an_abort_ends_the_connection_without_a_close_frame() {
-        let out = Outbound::new();
+        let out = Outbound::new(None);
         let mut b = body(&out);
-        out.push(Bytes::from_static(b"queued"));
+        out.push(Bytes::from_static(b"queued")).unwrap();
         out.abort();
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Err(_)))));
     }

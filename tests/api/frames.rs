@@ -70,7 +70,7 @@ async fn a_direct_send_reaches_only_its_target_marked_direct() {
 }
 
 #[actix_web::test]
-async fn a_send_with_an_id_is_acked_after_it_was_handed_on() {
+async fn a_send_with_an_id_is_acked() {
     let app = spawn_app(&[]).await;
     let (_, mut m) = app.room_of(2).await;
     m[0].0
@@ -241,7 +241,8 @@ async fn frames_that_break_the_protocol_close_with_4400() {
     let long_id = "i".repeat(65);
     let cases: Vec<(&str, String, bool)> = vec![
         ("malformed JSON", "{not json".into(), true),
-        ("not an object", "[1,2]".into(), true),
+        ("an array", r#"["leave"]"#.into(), true),
+        ("an array of strings", r#"["send",null,"hi"]"#.into(), true),
         ("missing type", r#"{"data":"x"}"#.into(), true),
         (
             "unknown type",

@@ -367,3 +367,29 @@ async fn security_headers_are_set() {
     assert!(h.get("strict-transport-security").is_some());
     assert!(h.get("server").is_none());
 }
+
+#[actix_web::test]
+async fn a_method_a_route_does_not_take_gets_405_with_the_error_body() {
+    let app = spawn_app(&[]).await;
+    let (status, _, body) = app.get("/v1/rooms").await;
+    assert_eq!(status, 405);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_error_body(&body, "method_not_allowed");
+    let mut res = app
+        .http
+        .request(
+            awc::http::Method::from_bytes(b"ROOMID123").unwrap(),
+            app.url("/live"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 405);
+    let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_error_body(&body, "method_not_allowed");
+    let (_, _, metrics) = app.get("/metrics").await;
+    assert!(
+        !metrics.contains("ROOMID123"),
+        "no client-chosen metric labels"
+    );
+}

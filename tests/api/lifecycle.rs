@@ -74,7 +74,7 @@ async fn graceful_shutdown_closes_every_session_with_1012_and_refuses_new_ones()
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/ws", app.port))
             .await
             .is_err(),
-        "no upgrades after shutdown"
+        "the server no longer listens after shutdown"
     );
     assert!(app.logs.text().contains("shutting down"));
 }

@@ -36,7 +36,12 @@ async fn a_canary_sent_as_data_appears_in_no_log_line_and_no_metrics_output() {
     let mut c = app.connect().await;
     c.send_text(&format!("{{\"type\":\"{canary}\"}}")).await;
     c.expect_close(4400, "invalid frame").await;
-    let good_token = token(&room);
+    let jti = unique("JTI-CANARY-");
+    let good_token = sign(
+        &json!({"room": room, "exp": now() + 300, "jti": jti}),
+        SECRET,
+        jsonwebtoken::Algorithm::HS256,
+    );
     let (mut c3, _) = {
         let mut c = app.connect().await;
         c.send_json(json!({"type": "join", "token": good_token}))
