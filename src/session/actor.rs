@@ -76,10 +76,18 @@ pub(crate) fn start(
         .max_frame_size(max)
         .aggregate_continuations()
         .max_continuation_size(max);
+    let threshold = match mode {
+        Mode::Relay => app.settings.slow_consumer_buffer_threshold,
+        // Conformance suites send runs of messages up to 16 MiB back to back.
+        Mode::Echo => app
+            .settings
+            .slow_consumer_buffer_threshold
+            .max(4 * ECHO_MAX_BYTES),
+    };
     let limit = app
         .settings
         .feature_slow_consumer_protection
-        .then_some(app.settings.slow_consumer_buffer_threshold);
+        .then_some(threshold);
     let outbound = Outbound::new(limit);
     let body_out = outbound.clone();
     let s = &app.settings;
