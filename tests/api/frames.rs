@@ -423,12 +423,10 @@ async fn the_server_pings_and_a_client_that_stops_answering_is_dropped() {
     assert!(ping.is_ok(), "a ping arrives");
     // m[0] stops reading, so it never answers: dropped, and announced.
     let silent = m[0].1.clone();
-    let start = std::time::Instant::now();
     assert_eq!(
         m[1].0.recv_json().await,
         json!({"type": "member_left", "member": silent})
     );
-    assert!(start.elapsed() < Duration::from_secs(3));
     // the member that answers stays
     m[1].0.expect_silence(Duration::from_millis(600)).await;
     assert_eq!(

@@ -192,6 +192,31 @@ impl TestApp {
         (res.status().as_u16(), res.headers().clone(), v)
     }
 
+    /// `/metrics` in its JSON form, as text.
+    pub async fn metrics_json(&self) -> String {
+        let mut res = self
+            .http
+            .get(self.url("/metrics"))
+            .insert_header(("Accept", "application/json"))
+            .send()
+            .await
+            .expect("request succeeds");
+        String::from_utf8(res.body().await.expect("body").to_vec()).expect("UTF-8")
+    }
+
+    /// Tries a WebSocket upgrade that must be refused; returns the HTTP
+    /// status and headers of the refusal.
+    pub async fn refused_upgrade(&self) -> (u16, tokio_tungstenite::tungstenite::http::HeaderMap) {
+        match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/ws", self.port)).await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                (res.status().as_u16(), res.headers().clone())
+            }
+            Err(e) => panic!("expected an HTTP refusal, got {e}"),
+            Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+        }
+    }
+
     /// Reads one metric's value from the Prometheus text output.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, _, text) = self.get("/metrics").await;

@@ -230,14 +230,7 @@ async fn metrics_come_as_prometheus_text_or_json_with_the_core_names() {
     assert_eq!(app.metric("blindrelay_connections_active").await, 2.0);
     assert_eq!(app.metric("blindrelay_rooms_active").await, 1.0);
 
-    let mut res = app
-        .http
-        .get(app.url("/metrics"))
-        .insert_header(("Accept", "application/json"))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    let body: Value = serde_json::from_str(&app.metrics_json().await).unwrap();
     assert!(body["timestamp"].is_u64());
     assert_eq!(
         body["metrics"]["blindrelay_connections_active"]["type"],
@@ -299,25 +292,14 @@ async fn connections_beyond_the_per_ip_limit_get_429_and_beyond_the_total_503() 
     let app = spawn_app(&[("MAX_CONNS_PER_IP", "2")]).await;
     let _a = app.connect().await;
     let _b = app.connect().await;
-    let err = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/ws", app.port))
-        .await
-        .unwrap_err();
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status().as_u16(), 429),
-        other => panic!("{other:?}"),
-    }
+    let (status, headers) = app.refused_upgrade().await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
     let app = spawn_app(&[("MAX_TOTAL_CONNECTIONS", "1")]).await;
     let _a = app.connect().await;
-    match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/ws", app.port))
-        .await
-        .unwrap_err()
-    {
-        tokio_tungstenite::tungstenite::Error::Http(res) => {
-            assert_eq!(res.status().as_u16(), 503);
-            assert!(res.headers().contains_key("retry-after"));
-        }
-        other => panic!("{other:?}"),
-    }
+    let (status, headers) = app.refused_upgrade().await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
 }
 
 #[actix_web::test]

@@ -55,14 +55,7 @@ async fn a_canary_sent_as_data_appears_in_no_log_line_and_no_metrics_output() {
         c.close().await;
     }
     let (_, _, text) = app.get("/metrics").await;
-    let mut res = app
-        .http
-        .get(app.url("/metrics"))
-        .insert_header(("Accept", "application/json"))
-        .send()
-        .await
-        .unwrap();
-    let json_metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let json_metrics = app.metrics_json().await;
     tokio::time::sleep(Duration::from_millis(200)).await; // async log drain
     let logs = app.logs.text();
     assert!(
