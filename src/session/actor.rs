@@ -337,13 +337,9 @@ impl Handler<Deliver> for WsSession {
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         match msg.frame {
             Outgoing::Frame(frame) => self.outbound.push_counted(frame),
-            Outgoing::Close(close) => {
-                // The room has already removed this member.
-                if let Phase::Joined { .. } = self.phase {
-                    self.phase = Phase::Done;
-                }
-                self.close(ctx, close)
-            }
+            // The room has already removed this member; the `Leave` that
+            // `close` still sends lets it notice when that left it empty.
+            Outgoing::Close(close) => self.close(ctx, close),
         }
     }
 }
