@@ -375,3 +375,115 @@ async fn a_method_a_route_does_not_take_gets_405_with_the_error_body() {
         "no client-chosen metric labels"
     );
 }
+
+#[actix_web::test]
+async fn behind_a_trusted_proxy_the_client_is_the_right_most_forwarded_address() {
+    let post_from = |app: &TestApp, xff: &'static str| {
+        app.http
+            .post(app.url("/v1/rooms"))
+            .insert_header(("X-Forwarded-For", xff))
+            .send()
+    };
+    let app = spawn_app(&[
+        ("TRUST_PROXY", "true"),
+        ("MAX_ROOM_CREATES_PER_IP_PER_MIN", "1"),
+    ])
+    .await;
+    assert_eq!(
+        post_from(&app, "1.1.1.1, 10.0.0.1")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        201
+    );
+    assert_eq!(
+        post_from(&app, "2.2.2.2, 10.0.0.1")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        429
+    );
+    assert_eq!(
+        post_from(&app, "10.0.0.2").await.unwrap().status().as_u16(),
+        201
+    );
+
+    let app = spawn_app(&[("MAX_ROOM_CREATES_PER_IP_PER_MIN", "1")]).await;
+    assert_eq!(
+        post_from(&app, "10.0.0.1").await.unwrap().status().as_u16(),
+        201
+    );
+    assert_eq!(
+        post_from(&app, "10.0.0.2").await.unwrap().status().as_u16(),
+        429,
+        "without TRUST_PROXY the header is ignored"
+    );
+}
+
+#[actix_web::test]
+async fn cors_preflight_and_headers_follow_the_allowed_origins() {
+    let app = spawn_app(&[("CORS_ALLOWED_ORIGINS", "https://chat.example")]).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(awc::http::Method::OPTIONS, app.url("/v1/rooms"))
+            .insert_header(("Origin", origin))
+            .insert_header(("Access-Control-Request-Method", "POST"))
+            .send()
+    };
+    let res = preflight("https://chat.example").await.unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(
+        res.headers().get("access-control-allow-origin").unwrap(),
+        "https://chat.example"
+    );
+    assert!(res
+        .headers()
+        .get("access-control-allow-methods")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    let res = preflight("https://evil.example").await.unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    let res = app
+        .http
+        .post(app.url("/v1/rooms"))
+        .insert_header(("Origin", "https://chat.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    assert_eq!(
+        res.headers().get("access-control-allow-origin").unwrap(),
+        "https://chat.example"
+    );
+}
+
+#[actix_web::test]
+async fn with_request_ids_off_no_header_is_set() {
+    let app = spawn_app(&[("FEATURE_REQUEST_ID", "false")]).await;
+    let (_, headers, _) = app.get("/live").await;
+    assert!(headers.get("x-request-id").is_none());
+}
+
+#[actix_web::test]
+async fn in_production_an_empty_origin_list_allows_no_browser_origin() {
+    let app = spawn_app(&[("APP_ENV", "production")]).await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{}/v1/ws", app.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://any.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status().as_u16(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    // clients that send no Origin (native apps) are not affected
+    app.connect().await;
+}
