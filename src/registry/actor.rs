@@ -86,26 +86,20 @@ impl Handler<JoinRoom> for Registry {
     type Result = ResponseFuture<Result<Joined, JoinRefused>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Self::Context) -> Self::Result {
-        let me = ctx.address();
         let existing = self.rooms.get(&msg.room).and_then(|e| e.addr.clone());
-        let addr = match existing {
-            Some(addr) => addr,
-            None => {
-                let addr = self.spawn_room(msg.room.clone(), me);
-                let entry = self.rooms.entry(msg.room.clone()).or_insert(Entry {
-                    addr: None,
-                    forwarded: 0,
-                    idle_since: None,
-                });
-                entry.addr = Some(addr.clone());
-                entry.forwarded = 0;
-                addr
-            }
-        };
-        if let Some(entry) = self.rooms.get_mut(&msg.room) {
-            entry.forwarded += 1;
-            entry.idle_since = None;
+        let addr = existing.unwrap_or_else(|| self.spawn_room(msg.room.clone(), ctx.address()));
+        let entry = self.rooms.entry(msg.room).or_insert(Entry {
+            addr: None,
+            forwarded: 0,
+            idle_since: None,
+        });
+        if entry.addr.as_ref() != Some(&addr) {
+            // A new room actor has handled no join yet.
+            entry.addr = Some(addr.clone());
+            entry.forwarded = 0;
         }
+        entry.forwarded += 1;
+        entry.idle_since = None;
         let join = addr.send(Join { member: msg.member });
         Box::pin(async move {
             match join.await {

@@ -151,11 +151,8 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.leave_room();
-        if !self.counted {
-            self.counted = true;
-            self.app.metrics.disconnect(CLIENT_CLOSED);
-            slog::info!(self.log, "session closed"; "reason" => CLIENT_CLOSED);
-        }
+        // Ended by the client (or the connection) if nothing else was recorded.
+        self.record_end(CLIENT_CLOSED);
         self.app.metrics.connections_active.dec();
     }
 }
