@@ -15,6 +15,8 @@ pub mod settings;
 pub mod startup;
 pub mod token;
 
+mod bridge;
+mod cluster;
 mod http;
 mod registry;
 mod room;

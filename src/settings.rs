@@ -58,12 +58,19 @@ pub struct Settings {
     pub redis_max_retries_per_request: u32,
     pub redis_enable_ready_check: bool,
     pub redis_connect_timeout_ms: u64,
+    pub redis_command_timeout_ms: u64,
+    pub redis_reconnect_max_ms: u64,
+    pub redis_pool_size: usize,
+    pub redis_publish_buffer_bytes: usize,
 
     pub join_token_secret: Vec<u8>,
     /// True when no secret was configured and one was generated (development).
     pub join_token_secret_generated: bool,
     pub join_token_secret_previous: Option<Vec<u8>>,
-    pub cluster_secret: Option<Vec<u8>>,
+    /// `CLUSTER_SECRET`, or a key derived from `JOIN_TOKEN_SECRET` when unset.
+    pub cluster_secret: Vec<u8>,
+    /// True when `CLUSTER_SECRET` was derived rather than configured.
+    pub cluster_secret_derived: bool,
     pub join_token_max_ttl_secs: u64,
     pub join_token_leeway_secs: u64,
     pub join_token_ttl_secs: u64,
@@ -192,6 +199,17 @@ impl Source<'_> {
             )),
         }
     }
+}
+
+/// The cluster key when `CLUSTER_SECRET` is unset: a keyed hash of the
+/// token secret, so that Redis never sees the token secret itself and the
+/// two keys are never the same bytes.
+fn derive_cluster_secret(join_token_secret: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(join_token_secret)
+        .expect("HMAC takes keys of any length");
+    mac.update(b"blindrelay cluster key v1");
+    mac.finalize().into_bytes().to_vec()
 }
 
 const DEFAULT_CSP: &str =
@@ -388,6 +406,16 @@ impl Settings {
                 ),
             ));
         }
+        let redis_url = s.opt_string("REDIS_URL");
+        if let Some(url) = &redis_url {
+            // Parsing only: nothing connects before the settings are whole.
+            if redis::Client::open(url.as_str()).is_err() {
+                return Err(Source::err(
+                    "REDIS_URL",
+                    "is not a Redis URL; want redis://[user:password@]host[:port][/db]".into(),
+                ));
+            }
+        }
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -413,14 +441,25 @@ impl Settings {
             log_level,
             log_format,
             trust_proxy: s.bool("TRUST_PROXY", false)?,
-            redis_url: s.opt_string("REDIS_URL"),
+            redis_url,
             redis_max_retries_per_request: s.num("REDIS_MAX_RETRIES_PER_REQUEST", 3u32, 0, 1000)?,
             redis_enable_ready_check: s.bool("REDIS_ENABLE_READY_CHECK", true)?,
             redis_connect_timeout_ms: s.num("REDIS_CONNECT_TIMEOUT", 10_000u64, 1, 600_000)?,
+            redis_command_timeout_ms: s.num("REDIS_COMMAND_TIMEOUT_MS", 2_000u64, 10, 600_000)?,
+            redis_reconnect_max_ms: s.num("REDIS_RECONNECT_MAX_MS", 5_000u64, 10, 600_000)?,
+            redis_pool_size: s.num("REDIS_POOL_SIZE", 16usize, 1, 1024)?,
+            redis_publish_buffer_bytes: s.num(
+                "REDIS_PUBLISH_BUFFER_BYTES",
+                64 * 1024 * 1024usize,
+                max_message_bytes + 4096,
+                usize::MAX,
+            )?,
+            cluster_secret_derived: cluster_secret.is_none(),
+            cluster_secret: cluster_secret
+                .unwrap_or_else(|| derive_cluster_secret(&join_token_secret)),
             join_token_secret,
             join_token_secret_generated,
             join_token_secret_previous,
-            cluster_secret,
             join_token_max_ttl_secs,
             join_token_leeway_secs: s.num("JOIN_TOKEN_LEEWAY_SECS", 5u64, 0, 3600)?,
             join_token_ttl_secs,
@@ -528,6 +567,18 @@ impl Settings {
                 }
                 .to_owned(),
             ),
+            (
+                "cluster_secret",
+                if self.redis_url.is_none() {
+                    "unused"
+                } else if self.cluster_secret_derived {
+                    "derived"
+                } else {
+                    "[redacted]"
+                }
+                .to_owned(),
+            ),
+            ("presence_ttl_ms", self.presence_ttl_ms.to_string()),
             (
                 "replay_protection",
                 self.feature_token_replay_protection.to_string(),
@@ -669,6 +720,33 @@ mod tests {
         );
         assert_eq!(s.cors_allowed_origins, ["https://a.example"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_redis_url_must_parse_and_the_cluster_secret_defaults_to_a_derived_key() {
+        let e = Settings::from_pairs([("REDIS_URL", "localhost:6379")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_URL");
+        assert!(e.problem.contains("redis://"), "{e}");
+        let s = Settings::from_pairs([
+            ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            ("JOIN_TOKEN_SECRET", SECRET),
+        ])
+        .unwrap();
+        assert!(s.cluster_secret_derived);
+        assert_ne!(
+            s.cluster_secret,
+            SECRET.as_bytes(),
+            "never the token secret itself"
+        );
+        let again = Settings::from_pairs([("JOIN_TOKEN_SECRET", SECRET)]).unwrap();
+        assert_eq!(
+            s.cluster_secret, again.cluster_secret,
+            "the same on every instance"
+        );
+        let e = Settings::from_pairs([("CLUSTER_SECRET", "short")]).unwrap_err();
+        assert_eq!(e.var, "CLUSTER_SECRET");
+        let e = Settings::from_pairs([("REDIS_PUBLISH_BUFFER_BYTES", "1000")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_PUBLISH_BUFFER_BYTES");
     }
 
     #[test]

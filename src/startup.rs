@@ -14,12 +14,15 @@ use actix_web_prom::PrometheusMetricsBuilder;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+use crate::bridge::{BridgeConfig, RedisBridge};
+use crate::cluster::redis::RedisLink;
+use crate::cluster::{Backend, Memory};
 use crate::http;
 use crate::limits::{ConnectionLimiter, KeyedLimiter};
 use crate::metrics::{Metrics, MetricsActor};
 use crate::registry::{Registry, RegistryConfig};
 use crate::replay::ReplayGuard;
-use crate::room::RoomConfig;
+use crate::room::{ClusterConfig, RoomConfig};
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::token::JoinTokens;
@@ -52,16 +55,44 @@ impl Application {
         settings: Settings,
         log: slog::Logger,
     ) -> anyhow::Result<Application> {
-        if settings.redis_url.is_some() {
-            anyhow::bail!(
-                "REDIS_URL is set, but this build of blindrelay runs standalone only: unset REDIS_URL \
-                 (and run one replica) until cluster mode is available"
-            );
-        }
         let settings = Arc::new(settings);
         let s = &settings;
         let metrics = Metrics::new();
-        metrics.redis_up.set(1);
+        // Cluster mode: the link to Redis, and the bridge that keeps it. The
+        // instance starts whether or not Redis answers yet; `/ready` waits
+        // for the first connection.
+        let cluster = match &s.redis_url {
+            None => {
+                metrics.redis_up.set(1);
+                None
+            }
+            Some(url) => {
+                if s.join_token_secret_generated {
+                    slog::warn!(log, "cluster mode with a generated JOIN_TOKEN_SECRET: \
+                        tokens minted by one instance will not verify on another (set JOIN_TOKEN_SECRET)");
+                }
+                if s.cluster_secret_derived {
+                    slog::info!(log, "CLUSTER_SECRET is not set: Redis names are keyed by a key derived \
+                        from JOIN_TOKEN_SECRET (set CLUSTER_SECRET to rotate token keys without splitting the cluster)");
+                }
+                let link = Arc::new(RedisLink::new(
+                    s,
+                    metrics.clone(),
+                    log.new(slog::o!("actor" => "bridge")),
+                )?);
+                let bridge = RedisBridge::new(
+                    link.clone(),
+                    BridgeConfig {
+                        url: url.clone(),
+                        connect_timeout: Duration::from_millis(s.redis_connect_timeout_ms),
+                        reconnect_max: Duration::from_millis(s.redis_reconnect_max_ms),
+                        ready_check: s.redis_enable_ready_check,
+                    },
+                )
+                .start();
+                Some(ClusterConfig { link, bridge })
+            }
+        };
         let started = Instant::now();
         let metrics_actor = MetricsActor::new(
             metrics.clone(),
@@ -76,6 +107,7 @@ impl Application {
                     slow_consumer_threshold: s
                         .feature_slow_consumer_protection
                         .then_some(s.slow_consumer_buffer_threshold),
+                    cluster: cluster.clone(),
                 },
                 auto_cleanup: s.feature_auto_room_cleanup,
                 idle_ttl: Duration::from_secs(s.room_idle_ttl_secs),
@@ -93,7 +125,22 @@ impl Application {
                 s.join_token_max_ttl_secs,
                 s.join_token_leeway_secs,
             ),
-            replay: ReplayGuard::new(s.feature_token_replay_protection, s.join_token_leeway_secs),
+            backend: match &cluster {
+                None => Backend::Memory(Box::new(Memory {
+                    replay: ReplayGuard::new(
+                        s.feature_token_replay_protection,
+                        s.join_token_leeway_secs,
+                    ),
+                    registry: registry.clone(),
+                    room_creates: KeyedLimiter::new(s.max_room_creates_per_ip_per_min),
+                    token_mints: KeyedLimiter::new(s.max_token_mints_per_ip_per_min),
+                })),
+                Some(c) => Backend::Redis {
+                    link: c.link.clone(),
+                    room_creates_per_min: s.max_room_creates_per_ip_per_min,
+                    token_mints_per_min: s.max_token_mints_per_ip_per_min,
+                },
+            },
             registry,
             metrics: metrics.clone(),
             metrics_actor,
@@ -101,8 +148,6 @@ impl Application {
                 s.max_conns_per_ip,
                 s.max_total_connections,
             )),
-            room_creates: KeyedLimiter::new(s.max_room_creates_per_ip_per_min),
-            token_mints: KeyedLimiter::new(s.max_token_mints_per_ip_per_min),
             health_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
             ready_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
             metrics_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
@@ -153,7 +198,12 @@ impl Application {
         .run();
 
         state.ready.store(true, Ordering::Relaxed);
-        slog::info!(log, "listening"; "port" => port, "mode" => "standalone");
+        let mode = if cluster.is_some() {
+            "cluster"
+        } else {
+            "standalone"
+        };
+        slog::info!(log, "listening"; "port" => port, "mode" => mode, "instance_id" => &s.instance_id);
         Ok(Application {
             port,
             server,
@@ -270,6 +320,14 @@ impl AppHandle {
             Instant::now() + Duration::from_millis(s.shutdown_timeout_ms.saturating_sub(1000));
         while state.connections.active() > 0 && Instant::now() < deadline {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Cluster mode: the leaves of the closed sessions (presence removal
+        // and member_left for the other instances) go out before the exit.
+        if let Some(link) = state.backend.link() {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            while link.is_up() && !link.lane_idle() && Instant::now() < deadline {
+                actix_rt::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         // Let the last close frames leave before the workers stop.
         actix_rt::time::sleep(Duration::from_millis(50)).await;

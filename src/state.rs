@@ -8,23 +8,22 @@ use std::time::Instant;
 use actix::Addr;
 use tokio::sync::watch;
 
+use crate::cluster::Backend;
 use crate::limits::{ConnectionLimiter, KeyedLimiter};
 use crate::metrics::{Metrics, MetricsActor};
 use crate::registry::Registry;
-use crate::replay::ReplayGuard;
 use crate::settings::Settings;
 use crate::token::JoinTokens;
 
 pub(crate) struct AppState {
     pub settings: Arc<Settings>,
     pub tokens: JoinTokens,
-    pub replay: ReplayGuard,
+    /// Cluster-wide state: in memory standalone, in Redis in cluster mode.
+    pub backend: Backend,
     pub registry: Addr<Registry>,
     pub metrics: Metrics,
     pub metrics_actor: Addr<MetricsActor>,
     pub connections: Arc<ConnectionLimiter>,
-    pub room_creates: KeyedLimiter,
-    pub token_mints: KeyedLimiter,
     pub health_limit: KeyedLimiter,
     pub ready_limit: KeyedLimiter,
     pub metrics_limit: KeyedLimiter,
@@ -42,7 +41,12 @@ impl AppState {
         *self.draining.borrow()
     }
 
+    /// Serving, not draining, and in cluster mode the link to Redis has
+    /// been up once (a later outage does not take the instance out of the
+    /// load balancer: PROTOCOL.md section 3).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.is_draining()
+        self.ready.load(Ordering::Relaxed)
+            && !self.is_draining()
+            && self.backend.link().is_none_or(|l| l.ever_up())
     }
 }

@@ -43,11 +43,12 @@ pub(crate) async fn ready(
 ) -> Result<HttpResponse, ApiError> {
     limit(&app, &app.ready_limit, &req, &rid)?;
     let ready = app.is_ready();
+    // Standalone there is nothing to wait for.
+    let redis = app.backend.link().is_none_or(|l| l.is_up());
     let body = json!({
         "ready": ready,
         "timestamp": now_ms(),
-        // Standalone there is nothing to wait for.
-        "checks": {"redis": true, "configLoaded": true},
+        "checks": {"redis": redis, "configLoaded": true},
     });
     let status = if ready {
         StatusCode::OK
@@ -99,7 +100,16 @@ pub(crate) async fn health(
     } else {
         Check::Pass
     };
-    let redis = Check::Pass;
+    // An outage degrades (it does not fail: every instance would be taken
+    // out at once); the observed value is the last measured round trip.
+    let (redis, redis_ms) = match app.backend.link() {
+        None => (Check::Pass, None),
+        Some(l) if l.is_up() => (
+            Check::Pass,
+            Some((l.round_trip().as_secs_f64() * 1e6).round() / 1e3),
+        ),
+        Some(_) => (Check::Warn, None),
+    };
     let worst = memory.max(connections).max(redis);
     let (status, code) = match worst {
         Check::Pass => ("healthy", StatusCode::OK),
@@ -108,14 +118,15 @@ pub(crate) async fn health(
     };
     if worst != Check::Pass && s.log_health_check_failures {
         slog::warn!(app.log, "health check not passing";
-            "status" => status, "memory" => memory.as_str(), "connections" => connections.as_str());
+            "status" => status, "redis" => redis.as_str(), "memory" => memory.as_str(),
+            "connections" => connections.as_str());
     }
     let body = json!({
         "status": status,
         "timestamp": now_ms(),
         "uptime": app.started.elapsed().as_secs(),
         "checks": {
-            "redis": {"status": redis.as_str(), "observedValue": null, "observedUnit": "ms"},
+            "redis": {"status": redis.as_str(), "observedValue": redis_ms, "observedUnit": "ms"},
             "memory": {"status": memory.as_str(), "observedValue": mem_mb, "observedUnit": "MB"},
             "connections": {"status": connections.as_str(), "observedValue": conns, "observedUnit": "connections"},
         },

@@ -1,24 +1,34 @@
 //! The room API: `POST /v1/rooms` and `POST /v1/rooms/{room}/tokens`.
 
-use std::time::Instant;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::errors::{ApiError, RequestId};
 use super::ws::client_ip;
+use crate::cluster::{Limit, StoreError};
 use crate::ids::{is_valid_room_id, new_room_id};
-use crate::registry::{CreateRoom, RoomExists};
 use crate::state::AppState;
 
-fn unavailable(rid: &RequestId) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-        rid,
-    )
+/// Cluster state could not be reached: 503 (Redis, try again shortly) or
+/// 500 (this instance is broken). The cause goes to the log only.
+fn unavailable(app: &AppState, rid: &RequestId, e: StoreError) -> ApiError {
+    slog::warn!(app.log, "room API request failed"; "error" => %e, "request_id" => &rid.0);
+    match e {
+        StoreError::Unreachable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            "the cluster's shared state is unreachable; try again shortly",
+            rid,
+        )
+        .retry_after(1),
+        StoreError::Internal => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+            rid,
+        ),
+    }
 }
 
 /// Creates a room and a first join token for it.
@@ -28,16 +38,16 @@ pub(crate) async fn create_room(
     rid: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let ip = client_ip(&req, &app.settings);
-    app.room_creates
-        .check(ip, Instant::now())
+    app.backend
+        .allow(Limit::RoomCreate, ip)
+        .await
+        .map_err(|e| unavailable(&app, &rid, e))?
         .map_err(|wait| ApiError::rate_limited(&rid, wait))?;
     let room = new_room_id();
-    app.registry
-        .send(CreateRoom {
-            room: room.as_str().into(),
-        })
+    app.backend
+        .create_room(&room)
         .await
-        .map_err(|_| unavailable(&rid))?;
+        .map_err(|e| unavailable(&app, &rid, e))?;
     let (token, expires_at) = app.tokens.mint(&room, app.settings.join_token_ttl_secs);
     Ok(HttpResponse::Created()
         .json(json!({"room": room, "token": token, "expires_at": expires_at})))
@@ -60,16 +70,16 @@ pub(crate) async fn mint_token(
         ));
     }
     let ip = client_ip(&req, &app.settings);
-    app.token_mints
-        .check(ip, Instant::now())
+    app.backend
+        .allow(Limit::TokenMint, ip)
+        .await
+        .map_err(|e| unavailable(&app, &rid, e))?
         .map_err(|wait| ApiError::rate_limited(&rid, wait))?;
     let exists = app
-        .registry
-        .send(RoomExists {
-            room: room.as_str().into(),
-        })
+        .backend
+        .room_exists(&room)
         .await
-        .map_err(|_| unavailable(&rid))?;
+        .map_err(|e| unavailable(&app, &rid, e))?;
     if !exists {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -7,7 +7,7 @@ mod actor;
 
 pub use actor::{MetricsActor, Render};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::protocol::Close;
 
@@ -37,6 +37,11 @@ pub struct Metrics {
     pub messages_delivered: IntCounter,
     pub message_bytes_received: IntCounter,
     pub redis_up: IntGauge,
+    pub redis_roundtrip: Gauge,
+    pub redis_reconnects: IntCounter,
+    pub redis_publishes: IntCounter,
+    pub redis_errors: IntCounter,
+    pub cluster_received: IntCounter,
     pub room_restarts: IntCounter,
     pub uptime_seconds: IntGauge,
     pub resident_memory_bytes: IntGauge,
@@ -123,7 +128,36 @@ impl Metrics {
             redis_up: gauge(
                 &r,
                 "blindrelay_redis_up",
-                "1 when the cluster link is up (standalone: 1)",
+                "1 when the link to Redis is up (standalone: always 1)",
+            ),
+            redis_roundtrip: {
+                let g = Gauge::new(
+                    "blindrelay_redis_roundtrip_seconds",
+                    "Last measured round trip to Redis (cluster mode)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            redis_reconnects: counter(
+                &r,
+                "blindrelay_redis_reconnects_total",
+                "Times the cluster link was restored after being lost",
+            ),
+            redis_publishes: counter(
+                &r,
+                "blindrelay_redis_publishes_total",
+                "Publications written to Redis (room messages, joins, leaves)",
+            ),
+            redis_errors: counter(
+                &r,
+                "blindrelay_redis_errors_total",
+                "Redis commands that failed or timed out",
+            ),
+            cluster_received: counter(
+                &r,
+                "blindrelay_cluster_events_received_total",
+                "Publications received from other instances",
             ),
             room_restarts: counter(
                 &r,

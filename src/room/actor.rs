@@ -4,11 +4,16 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
 
 use super::messages::*;
+use crate::bridge::{FromBridge, RedisBridge, Subscribe, Unsubscribe};
+use crate::cluster::keys::{NodeTag, RoomKeys};
+use crate::cluster::redis::{Admission, RedisLink};
+use crate::cluster::wire::{self, Event};
 use crate::ids::new_member_id;
 use crate::metrics::Metrics;
 use crate::protocol::{server, Close, ErrorCode};
@@ -20,11 +25,51 @@ pub struct RoomConfig {
     pub max_members: usize,
     /// `None` when slow-consumer protection is off.
     pub slow_consumer_threshold: Option<usize>,
+    /// Cluster mode: presence and traffic also go through Redis.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// What a room needs in cluster mode.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub(crate) link: Arc<RedisLink>,
+    pub(crate) bridge: Addr<RedisBridge>,
+}
+
+/// Members on other instances, as Redis lists them at a join.
+type RemoteList = Vec<(Box<str>, NodeTag)>;
+
+/// A member on another instance.
+struct RemoteMember {
+    node: NodeTag,
+    /// When this instance learned of it: a presence refresh sent before
+    /// that cannot have seen it.
+    seen: Instant,
+}
+
+/// A room's side of the cluster: its names in Redis and its link state.
+struct ClusterRoom {
+    link: Arc<RedisLink>,
+    bridge: Addr<RedisBridge>,
+    keys: RoomKeys,
+    /// Subscribed to the room's channel, with the remote members known.
+    subscribed: bool,
+    /// Members were told `cluster_degraded` and are owed `cluster_restored`.
+    degraded: bool,
+    /// After a restore, instances are given time to re-announce before
+    /// their absence from presence is taken for death.
+    grace_until: Option<Instant>,
+    refreshing: bool,
 }
 
 pub struct Room {
     id: Arc<str>,
+    /// Members on this instance.
     members: HashMap<Arc<str>, MemberHandle>,
+    /// Members on other instances (cluster mode), as announced on the
+    /// room's channel.
+    remote: HashMap<Arc<str>, RemoteMember>,
+    cluster: Option<ClusterRoom>,
     config: RoomConfig,
     registry: Addr<Registry>,
     metrics: Metrics,
@@ -46,9 +91,20 @@ impl Room {
         metrics: Metrics,
         log: slog::Logger,
     ) -> Self {
+        let cluster = config.cluster.as_ref().map(|c| ClusterRoom {
+            keys: c.link.keys.room(&id),
+            link: c.link.clone(),
+            bridge: c.bridge.clone(),
+            subscribed: false,
+            degraded: false,
+            grace_until: None,
+            refreshing: false,
+        });
         Room {
             id,
             members: HashMap::new(),
+            remote: HashMap::new(),
+            cluster,
             config,
             registry,
             metrics,
@@ -85,6 +141,25 @@ impl Room {
                 frame: Outgoing::Close(Close::SlowConsumer),
             });
             self.announce_left(&id);
+            self.leave_cluster(&id);
+        }
+    }
+
+    /// Tells the other instances a local member has gone.
+    fn leave_cluster(&self, id: &str) {
+        if let Some(c) = &self.cluster {
+            if c.subscribed {
+                c.link.leave(&c.keys, id);
+            }
+        }
+    }
+
+    fn fresh_member_id(&self) -> Arc<str> {
+        loop {
+            let id: Arc<str> = new_member_id().into();
+            if !self.members.contains_key(&id) && !self.remote.contains_key(&id) {
+                break id;
+            }
         }
     }
 
@@ -128,6 +203,16 @@ impl Room {
 
     fn after_leave(&mut self, ctx: &Context<Self>) {
         if self.members.is_empty() {
+            if let Some(c) = &mut self.cluster {
+                if std::mem::take(&mut c.subscribed) {
+                    c.bridge.do_send(Unsubscribe {
+                        channel: c.keys.channel.clone(),
+                        room: ctx.address().recipient(),
+                    });
+                }
+                c.degraded = false;
+                self.remote.clear();
+            }
             self.registry.do_send(RoomEmpty {
                 room: self.id.clone(),
                 joins_seen: self.joins_seen,
@@ -146,24 +231,238 @@ impl Room {
             self.after_leave(ctx);
             return Err(JoinRefused::RoomFull);
         }
-        let id: Arc<str> = loop {
-            let id: Arc<str> = new_member_id().into();
-            if !self.members.contains_key(&id) {
-                break id;
-            }
-        };
-        let welcome = server::welcome(&self.id, &id, self.members.keys().map(|k| k.as_ref()));
+        let id = self.fresh_member_id();
+        self.admit(id.clone(), msg.member);
+        Ok(id)
+    }
+
+    /// Sends the welcome (listing the members here and on other
+    /// instances), announces the new member, and adds it.
+    fn admit(&mut self, id: Arc<str>, member: MemberHandle) {
+        let welcome = server::welcome(
+            &self.id,
+            &id,
+            self.members
+                .keys()
+                .chain(self.remote.keys())
+                .map(|k| k.as_ref()),
+        );
         // The welcome is the first frame a member sees; it goes through the
         // same mailbox as everything after it, so nothing overtakes it.
-        msg.member
-            .pending
-            .fetch_add(welcome.len(), Ordering::Relaxed);
-        msg.member.recipient.do_send(Deliver {
+        member.pending.fetch_add(welcome.len(), Ordering::Relaxed);
+        member.recipient.do_send(Deliver {
             frame: Outgoing::Frame(welcome),
         });
         self.broadcast(&server::member_joined(&id), None);
-        self.members.insert(id.clone(), msg.member);
+        self.members.insert(id.clone(), member);
+        if let Some(c) = &self.cluster {
+            c.link
+                .publish(&c.keys.channel, &wire::joined(c.link.node, &id));
+        }
+    }
+
+    /// A join in cluster mode: subscribe the room's channel if this is the
+    /// first local member, then take a place in the room's presence in
+    /// Redis (atomically against `MAX_ROOM_MEMBERS`). The room handles
+    /// nothing else meanwhile (`ctx.wait`), so that publications that arrive
+    /// during the join are applied after it, in order.
+    fn join_cluster(
+        &mut self,
+        msg: Join,
+        ctx: &mut Context<Self>,
+    ) -> ActorResponse<Self, Result<Arc<str>, JoinRefused>> {
+        self.joins_seen += 1;
+        #[cfg(feature = "test-hooks")]
+        if std::mem::take(&mut self.fail_next_join) {
+            panic!("injected room failure");
+        }
+        let Some(c) = &self.cluster else {
+            return ActorResponse::reply(Err(JoinRefused::Unavailable));
+        };
+        if !c.link.is_up() {
+            self.after_leave(ctx);
+            return ActorResponse::reply(Err(JoinRefused::TryLater));
+        }
+        let id = self.fresh_member_id();
+        let need_sub = !c.subscribed;
+        let (link, bridge, keys) = (c.link.clone(), c.bridge.clone(), c.keys.clone());
+        let me = ctx.address().recipient::<FromBridge>();
+        let max = self.config.max_members;
+        let work = async move {
+            if need_sub {
+                let sub = bridge.send(Subscribe {
+                    channel: keys.channel.clone(),
+                    room: me,
+                });
+                match sub.await {
+                    Ok(Ok(())) => {}
+                    _ => return (false, Err(JoinRefused::TryLater)),
+                }
+            }
+            let admitted = match link.join(&keys, &id, max).await {
+                Ok(Admission::Admitted(others)) => Ok((id, others)),
+                Ok(Admission::Full) => Err(JoinRefused::RoomFull),
+                Err(e) => {
+                    slog::warn!(link.log, "join failed: Redis"; "error" => %e);
+                    Err(JoinRefused::TryLater)
+                }
+            };
+            (need_sub, admitted)
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let member = msg.member;
+        ctx.wait(
+            work.into_actor(self)
+                .map(move |(subscribed, res), room, ctx| {
+                    let r = room
+                        .guarded(ctx, |room, ctx| {
+                            room.finish_cluster_join(subscribed, res, member, ctx)
+                        })
+                        .unwrap_or(Err(JoinRefused::Unavailable));
+                    if r.is_err() {
+                        room.after_leave(ctx);
+                    }
+                    let _ = tx.send(r);
+                }),
+        );
+        ActorResponse::r#async(actix::fut::wrap_future(async move {
+            rx.await.unwrap_or(Err(JoinRefused::Unavailable))
+        }))
+    }
+
+    fn finish_cluster_join(
+        &mut self,
+        subscribed: bool,
+        res: Result<(Arc<str>, RemoteList), JoinRefused>,
+        member: MemberHandle,
+        _: &mut Context<Self>,
+    ) -> Result<Arc<str>, JoinRefused> {
+        let Some(c) = &mut self.cluster else {
+            return Err(JoinRefused::Unavailable);
+        };
+        if subscribed {
+            c.subscribed = true;
+        }
+        let (id, others) = res?;
+        if subscribed {
+            // The first local member: what Redis holds is the room's
+            // membership elsewhere; from now on the channel keeps it current.
+            let now = Instant::now();
+            let own = c.link.node;
+            self.remote = others
+                .into_iter()
+                .filter(|(_, node)| *node != own)
+                .map(|(m, node)| (Arc::from(m), RemoteMember { node, seen: now }))
+                .collect();
+        }
+        self.admit(id.clone(), member);
         Ok(id)
+    }
+
+    /// A publication from another instance.
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Broadcast { frame } => {
+                let delivered = self.broadcast(&frame, None);
+                self.metrics.messages_delivered.inc_by(delivered);
+            }
+            Event::Direct { to, frame } => {
+                if self.send_to(&to, &frame) {
+                    self.metrics.messages_delivered.inc();
+                }
+            }
+            Event::Joined { member, node } => {
+                let member: Arc<str> = member.into();
+                if self.members.contains_key(&member) || self.remote.contains_key(&member) {
+                    return; // known already (from Redis at the first join, or re-announced)
+                }
+                self.broadcast(&server::member_joined(&member), None);
+                self.remote.insert(
+                    member,
+                    RemoteMember {
+                        node,
+                        seen: Instant::now(),
+                    },
+                );
+            }
+            Event::Left { member } => {
+                if self.remote.remove(&*member).is_some() {
+                    self.announce_left(&member);
+                }
+            }
+        }
+    }
+
+    fn on_link_down(&mut self) {
+        let spans = !self.remote.is_empty();
+        let Some(c) = &mut self.cluster else { return };
+        c.grace_until = None;
+        if c.subscribed && spans && !c.degraded {
+            c.degraded = true;
+            self.broadcast(&server::notice("cluster_degraded"), None);
+        }
+    }
+
+    fn on_link_up(&mut self) {
+        let Some(c) = &mut self.cluster else { return };
+        if !c.subscribed || self.members.is_empty() {
+            return;
+        }
+        // A restarted Redis has forgotten this instance's members, and the
+        // other instances may have missed joins: announce them again. The
+        // others ignore members they already know, so nobody sees a
+        // member_joined for a member that never left.
+        c.link
+            .reannounce(&c.keys, self.members.keys().map(|k| k.as_ref()));
+        for id in self.members.keys() {
+            c.link
+                .publish(&c.keys.channel, &wire::joined(c.link.node, id));
+        }
+        c.grace_until = Some(Instant::now() + c.link.timing.restore_grace);
+        if std::mem::take(&mut c.degraded) {
+            self.broadcast(&server::notice("cluster_restored"), None);
+        }
+    }
+
+    /// This instance's presence heartbeat in the room; the answer lists the
+    /// instances alive in it, and members of the others are gone.
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = &mut self.cluster else { return };
+        if !c.subscribed || self.members.is_empty() || c.refreshing || !c.link.is_up() {
+            return;
+        }
+        c.refreshing = true;
+        let (link, keys) = (c.link.clone(), c.keys.clone());
+        let sent = Instant::now();
+        ctx.spawn(
+            async move { link.refresh(&keys).await }
+                .into_actor(self)
+                .map(move |res, room, _| {
+                    if let Some(c) = &mut room.cluster {
+                        c.refreshing = false;
+                    }
+                    if let Ok(live) = res {
+                        room.drop_absent(&live, sent);
+                    }
+                }),
+        );
+    }
+
+    fn drop_absent(&mut self, live: &[NodeTag], sent: Instant) {
+        let Some(c) = &self.cluster else { return };
+        if !c.subscribed || c.grace_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let gone: Vec<Arc<str>> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.seen < sent && !live.contains(&r.node))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.remote.remove(&id);
+            self.announce_left(&id);
+        }
     }
 
     fn publish(&mut self, msg: Publish) {
@@ -174,12 +473,29 @@ impl Room {
             None => {
                 self.count_received(msg.data_len);
                 let frame = server::message(&msg.from, &msg.data, false);
-                self.broadcast(&frame, Some(&msg.from))
+                let delivered = self.broadcast(&frame, Some(&msg.from));
+                if let Some(c) = &self.cluster {
+                    // Published even when no other instance is known to have
+                    // members: one may have admitted a member whose
+                    // announcement is still on its way.
+                    c.link
+                        .publish(&c.keys.channel, &wire::broadcast(c.link.node, &frame));
+                }
+                delivered
             }
             Some(to) if to != &*msg.from && self.members.contains_key(to) => {
                 self.count_received(msg.data_len);
                 let frame = server::message(&msg.from, &msg.data, true);
                 u64::from(self.send_to(to, &frame))
+            }
+            Some(to) if to != &*msg.from && self.remote.contains_key(to) => {
+                self.count_received(msg.data_len);
+                if let Some(c) = &self.cluster {
+                    let frame = server::message(&msg.from, &msg.data, true);
+                    c.link
+                        .publish(&c.keys.channel, &wire::direct(c.link.node, to, &frame));
+                }
+                0
             }
             Some(_) => {
                 let err = server::error(ErrorCode::UnknownMember, msg.ack.as_deref());
@@ -201,6 +517,7 @@ impl Room {
     fn leave(&mut self, msg: Leave, ctx: &Context<Self>) {
         if self.members.remove(&msg.member).is_some() {
             self.announce_left(&msg.member);
+            self.leave_cluster(&msg.member);
         }
         // Also when the member was already removed (closed as a slow
         // consumer): its leave may be what leaves the room empty.
@@ -230,8 +547,11 @@ impl Room {
 impl Actor for Room {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         self.metrics.rooms_active.inc();
+        if let Some(c) = &self.cluster {
+            ctx.run_interval(c.link.timing.heartbeat, |room, ctx| room.refresh(ctx));
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -249,15 +569,42 @@ impl Supervised for Room {
 }
 
 impl Handler<Join> for Room {
-    type Result = Result<Arc<str>, JoinRefused>;
+    type Result = ActorResponse<Self, Result<Arc<str>, JoinRefused>>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        self.guarded(ctx, |room, ctx| room.join(msg, ctx))
-            .unwrap_or_else(|| {
-                // A room whose only join failed must still be retired.
-                self.after_leave(ctx);
-                Err(JoinRefused::Unavailable)
-            })
+        if self.cluster.is_some() {
+            return match self.guarded(ctx, |room, ctx| room.join_cluster(msg, ctx)) {
+                Some(r) => r,
+                None => {
+                    self.after_leave(ctx);
+                    ActorResponse::reply(Err(JoinRefused::Unavailable))
+                }
+            };
+        }
+        ActorResponse::reply(
+            self.guarded(ctx, |room, ctx| room.join(msg, ctx))
+                .unwrap_or_else(|| {
+                    // A room whose only join failed must still be retired.
+                    self.after_leave(ctx);
+                    Err(JoinRefused::Unavailable)
+                }),
+        )
+    }
+}
+
+impl Handler<FromBridge> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromBridge, ctx: &mut Self::Context) {
+        self.guarded(ctx, |room, _| match msg {
+            FromBridge::Event(event) => {
+                if room.cluster.as_ref().is_some_and(|c| c.subscribed) {
+                    room.on_event(event);
+                }
+            }
+            FromBridge::Down => room.on_link_down(),
+            FromBridge::Up => room.on_link_up(),
+        });
     }
 }
 

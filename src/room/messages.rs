@@ -46,6 +46,8 @@ pub enum JoinRefused {
     RoomFull,
     /// The room or registry is gone (1011).
     Unavailable,
+    /// Cluster mode, and Redis cannot be reached (1013).
+    TryLater,
 }
 
 /// Adds a member. The room sends `welcome` to it and `member_joined` to the

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::outbound::{echo_frame, Outbound, OutboundBody};
+use crate::cluster::StoreError;
 use crate::limits::{ConnectionSlot, SendBudget};
 use crate::metrics::{CLIENT_CLOSED, PING_TIMEOUT};
 use crate::protocol::{server, ClientFrame, Close, ErrorCode, SendFrame};
@@ -245,8 +246,12 @@ impl WsSession {
             pending: self.outbound.pending.clone(),
         };
         let join = async move {
-            if app.replay.burn(&claims.jti, claims.exp).await == Burn::Replayed {
-                return Err(Close::TokenReplayed);
+            match app.backend.burn(&claims.jti, claims.exp).await {
+                Ok(Burn::Fresh) => {}
+                Ok(Burn::Replayed) => return Err(Close::TokenReplayed),
+                // Replay protection cannot be checked: fail closed.
+                Err(StoreError::Unreachable(_)) => return Err(Close::TryAgainLater),
+                Err(StoreError::Internal) => return Err(Close::Internal),
             }
             let joined = app
                 .registry
@@ -258,6 +263,7 @@ impl WsSession {
             match joined {
                 Ok(Ok(joined)) => Ok(joined),
                 Ok(Err(JoinRefused::RoomFull)) => Err(Close::RoomFull),
+                Ok(Err(JoinRefused::TryLater)) => Err(Close::TryAgainLater),
                 Ok(Err(JoinRefused::Unavailable)) | Err(_) => Err(Close::Internal),
             }
         };

@@ -322,3 +322,60 @@ impl Client {
             .await;
     }
 }
+
+/// A loopback port that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `cond` until it holds; fails the test, naming `what`, if it does
+/// not within `within`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Opens a WebSocket session with the relay listening on `port`.
+pub async fn connect_to(port: u16) -> Client {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws"))
+        .await
+        .expect("upgrade succeeds");
+    Client { ws }
+}
+
+impl Client {
+    /// The next JSON frame, or how the session ended if it ends first.
+    pub async fn frame_or_end(&mut self) -> Result<Value, End> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("a frame or the end arrives in time");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(&t).expect("JSON frame"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Err(End::Closed(u16::from(f.code), f.reason.to_string()))
+                }
+                Some(Ok(Message::Close(None))) => return Err(End::Closed(1005, String::new())),
+                Some(Ok(other)) => panic!("expected a text frame, got {other:?}"),
+                Some(Err(_)) | None => return Err(End::Dropped),
+            }
+        }
+    }
+}

@@ -2,7 +2,10 @@
 //! free port and talks to it with a real WebSocket or HTTP client.
 
 mod helpers;
+mod redis_server;
 
+mod cluster;
+mod cluster_process;
 mod frames;
 mod http_api;
 mod lifecycle;

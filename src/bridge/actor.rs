@@ -1,0 +1,384 @@
+//! The bridge actor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::messages::*;
+use crate::cluster::redis::{run_lane, LinkLost, RedisLink};
+use crate::cluster::wire;
+
+/// First wait before reconnecting; it doubles up to `REDIS_RECONNECT_MAX_MS`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Channels per SUBSCRIBE when resubscribing after a reconnect.
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// How to reach Redis, from the settings.
+#[derive(Clone)]
+pub(crate) struct BridgeConfig {
+    pub url: String,
+    pub connect_timeout: Duration,
+    pub reconnect_max: Duration,
+    pub ready_check: bool,
+}
+
+enum SubOp {
+    Subscribe(Vec<String>, oneshot::Sender<Result<(), String>>),
+    Unsubscribe(String),
+}
+
+/// An item of one connection's subscription stream; `None` when that
+/// connection has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Incoming {
+    epoch: u64,
+    msg: Option<redis::Msg>,
+}
+
+/// A connection attempt succeeded.
+struct Connected {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    conn: MultiplexedConnection,
+}
+
+pub(crate) struct RedisBridge {
+    link: Arc<RedisLink>,
+    config: BridgeConfig,
+    /// Channel -> the room subscribed to it.
+    routes: HashMap<String, Recipient<FromBridge>>,
+    /// Serialised SUBSCRIBE/UNSUBSCRIBE on the current connection.
+    subs: Option<mpsc::UnboundedSender<SubOp>>,
+    /// Bumped at each new connection, so that the end of an old one is not
+    /// taken for the end of the current one.
+    epoch: u64,
+    connecting: bool,
+    backoff: Duration,
+    /// The link has been up before (a later up is a reconnect).
+    was_up: bool,
+    down_since: Option<Instant>,
+    log: slog::Logger,
+}
+
+impl RedisBridge {
+    pub fn new(link: Arc<RedisLink>, config: BridgeConfig) -> Self {
+        let log = link.log.clone();
+        RedisBridge {
+            link,
+            config,
+            routes: HashMap::new(),
+            subs: None,
+            epoch: 0,
+            connecting: false,
+            backoff: FIRST_BACKOFF,
+            was_up: false,
+            down_since: Some(Instant::now()),
+            log,
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting {
+            return;
+        }
+        self.connecting = true;
+        let link = self.link.clone();
+        let config = self.config.clone();
+        ctx.spawn(
+            async move { connect(&link, &config).await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(c) => act.connected(c, ctx),
+                    Err(e) => {
+                        act.connecting = false;
+                        let wait = jitter(act.backoff);
+                        act.backoff = (act.backoff * 2).min(act.config.reconnect_max);
+                        slog::warn!(act.log, "cannot reach Redis; retrying";
+                            "error" => %e, "retry_in_ms" => wait.as_millis() as u64);
+                        ctx.run_later(wait, |act, ctx| act.connect(ctx));
+                    }
+                }),
+        );
+    }
+
+    fn connected(&mut self, c: Connected, ctx: &mut Context<Self>) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let (tx, rx) = mpsc::unbounded_channel();
+        actix_rt::spawn(run_subscriptions(self.link.clone(), c.sink, rx));
+        self.subs = Some(tx.clone());
+        let stream = c
+            .stream
+            .map(move |m| Incoming {
+                epoch,
+                msg: Some(m),
+            })
+            .chain(futures_util::stream::once(async move {
+                Incoming { epoch, msg: None }
+            }));
+        ctx.add_message_stream(stream);
+        // Every active room's channel, before anyone is told the link is up.
+        let channels: Vec<String> = self.routes.keys().cloned().collect();
+        let resubscribed = async move {
+            for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+                let (reply, done) = oneshot::channel();
+                tx.send(SubOp::Subscribe(chunk.to_vec(), reply))
+                    .map_err(|_| "subscription task ended".to_owned())?;
+                done.await
+                    .map_err(|_| "subscription task ended".to_owned())??;
+            }
+            Ok::<(), String>(())
+        };
+        let conn = c.conn;
+        ctx.spawn(resubscribed.into_actor(self).map(move |res, act, ctx| {
+            act.connecting = false;
+            if act.epoch != epoch {
+                return;
+            }
+            if let Err(e) = res {
+                slog::warn!(act.log, "resubscribing after connecting failed"; "error" => %e);
+                act.subs = None;
+                let wait = jitter(act.backoff);
+                ctx.run_later(wait, |act, ctx| act.connect(ctx));
+                return;
+            }
+            act.link.set_up(conn);
+            act.link.flush_pending_leaves();
+            act.backoff = FIRST_BACKOFF;
+            let outage = act.down_since.take().map(|t| t.elapsed());
+            if act.was_up {
+                act.link.metrics.redis_reconnects.inc();
+                slog::info!(act.log, "cluster link restored";
+                    "rooms" => act.routes.len(),
+                    "outage_ms" => outage.map(|d| d.as_millis() as u64).unwrap_or(0));
+            } else {
+                slog::info!(act.log, "cluster link up"; "rooms" => act.routes.len());
+            }
+            act.was_up = true;
+            for room in act.routes.values() {
+                room.do_send(FromBridge::Up);
+            }
+        }));
+    }
+
+    fn lost(&mut self, cause: &str, ctx: &mut Context<Self>) {
+        // `fail` has already flipped the flag when it came from elsewhere.
+        self.link.set_down();
+        if self.down_since.is_some() {
+            // Already down: a reconnect is under way.
+            return;
+        }
+        slog::warn!(self.log, "cluster link lost; local rooms keep relaying"; "cause" => cause);
+        self.subs = None;
+        self.down_since = Some(Instant::now());
+        for room in self.routes.values() {
+            room.do_send(FromBridge::Down);
+        }
+        let wait = jitter(FIRST_BACKOFF);
+        self.backoff = FIRST_BACKOFF * 2;
+        ctx.run_later(wait, |act, ctx| act.connect(ctx));
+    }
+
+    /// Measures the round trip, and notices a Redis that stopped answering
+    /// even though its connections look open.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if !self.link.is_up() {
+            return;
+        }
+        let link = self.link.clone();
+        ctx.spawn(
+            async move {
+                let Some(mut conn) = link.lane_connection() else {
+                    return;
+                };
+                let start = Instant::now();
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut conn);
+                match tokio::time::timeout(link.command_timeout, ping).await {
+                    Ok(Ok(_)) => link.set_round_trip(start.elapsed()),
+                    Ok(Err(e)) => link.fail(format!("heartbeat: {e}")),
+                    Err(_) => link.fail(format!(
+                        "heartbeat: no answer within {:?}",
+                        link.command_timeout
+                    )),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// Between 50 % and 150 % of `d`, so that instances do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let f = 0.5 + f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX);
+    d.mul_f64(f)
+}
+
+async fn connect(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, String> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(link.command_timeout));
+    let attempt = async {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        if config.ready_check {
+            // A Redis still loading its dataset answers LOADING to commands.
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if info.lines().any(|l| l.trim() == "loading:1") {
+                return Err("Redis is loading its dataset".to_owned());
+            }
+        }
+        link.load_scripts(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+        let (sink, stream) = pubsub.split();
+        Ok(Connected { sink, stream, conn })
+    };
+    match tokio::time::timeout(config.connect_timeout + link.command_timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no connection within {:?}", config.connect_timeout)),
+    }
+}
+
+/// Runs SUBSCRIBE/UNSUBSCRIBE one at a time, in the order asked, on one
+/// subscription connection: an unsubscribe and a later subscribe of the same
+/// channel cannot be swapped.
+async fn run_subscriptions(
+    link: Arc<RedisLink>,
+    mut sink: PubSubSink,
+    mut ops: mpsc::UnboundedReceiver<SubOp>,
+) {
+    let timeout = link.command_timeout;
+    while let Some(op) = ops.recv().await {
+        let (result, reply) = match op {
+            SubOp::Subscribe(channels, reply) => (
+                tokio::time::timeout(timeout, sink.subscribe(&channels)).await,
+                Some(reply),
+            ),
+            SubOp::Unsubscribe(channel) => (
+                tokio::time::timeout(timeout, sink.unsubscribe(&channel)).await,
+                None,
+            ),
+        };
+        let result = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        if let Err(e) = &result {
+            link.fail(format!("subscription: {e}"));
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+impl Actor for RedisBridge {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        actix_rt::spawn(run_lane(self.link.clone()));
+        self.link.set_bridge(ctx.address().recipient());
+        self.connect(ctx);
+        ctx.run_interval(self.link.timing.heartbeat, |act, ctx| act.heartbeat(ctx));
+    }
+}
+
+impl Handler<Subscribe> for RedisBridge {
+    type Result = ResponseActFuture<Self, Result<(), SubscribeFailed>>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        let down = || SubscribeFailed("the cluster link is down".into());
+        let subs = match self.subs.clone().filter(|_| self.link.is_up()) {
+            Some(subs) => subs,
+            None => return Box::pin(actix::fut::ready(Err(down()))),
+        };
+        let channel = msg.channel.clone();
+        let room = msg.room.clone();
+        self.routes.insert(msg.channel.clone(), msg.room);
+        let subscribe = async move {
+            let (reply, done) = oneshot::channel();
+            subs.send(SubOp::Subscribe(vec![msg.channel], reply))
+                .map_err(|_| down())?;
+            done.await.map_err(|_| down())?.map_err(SubscribeFailed)
+        };
+        Box::pin(subscribe.into_actor(self).map(move |res, act, _| {
+            // A failed subscribe leaves no route behind: the room rolls the
+            // join back and is retired.
+            if res.is_err() && act.routes.get(&channel) == Some(&room) {
+                act.routes.remove(&channel);
+            }
+            res
+        }))
+    }
+}
+
+impl Handler<Unsubscribe> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
+        if self.routes.get(&msg.channel) != Some(&msg.room) {
+            return;
+        }
+        self.routes.remove(&msg.channel);
+        if let Some(subs) = &self.subs {
+            let _ = subs.send(SubOp::Unsubscribe(msg.channel));
+        }
+    }
+}
+
+impl Handler<LinkLost> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkLost, ctx: &mut Self::Context) {
+        self.lost(&msg.cause, ctx);
+    }
+}
+
+impl Handler<Incoming> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
+        if msg.epoch != self.epoch {
+            return;
+        }
+        let Some(m) = msg.msg else {
+            // Redis closed the subscription (restart, or its output buffer
+            // limit for a subscriber that fell behind).
+            self.link.set_down();
+            self.lost("the subscription connection closed", ctx);
+            return;
+        };
+        let payload = m.get_payload_bytes();
+        match wire::origin(payload) {
+            Some(origin) if origin == self.link.node => return,
+            None => return,
+            _ => {}
+        }
+        let Some(room) = self.routes.get(m.get_channel_name()) else {
+            return;
+        };
+        if let Some(event) = wire::decode(Bytes::copy_from_slice(payload)) {
+            self.link.metrics.cluster_received.inc();
+            room.do_send(FromBridge::Event(event));
+        }
+    }
+}

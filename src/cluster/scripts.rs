@@ -1,0 +1,134 @@
+//! The Lua scripts that keep cluster state consistent. Each touches the
+//! keys of one room only (one hash tag), so it runs atomically on one Redis
+//! and on one Redis Cluster shard alike. Times come from Redis's clock
+//! (`TIME`), so instances' clocks need not agree.
+
+/// Shared by the presence scripts: removes instances whose heartbeat is
+/// older than `dead_after` ms, and the members they owned (members whose
+/// owner is not listed at all are orphans and go too). Returns the live
+/// node tags and the remaining `field, value` pairs (when `want_members`).
+const REAP: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function reap(mkey, nkey, self, dead_after, now, want_members)
+  local nodes = redis.call('HGETALL', nkey)
+  local live, alive = {}, {}
+  local dead = false
+  alive[self] = true
+  for i = 1, #nodes, 2 do
+    if nodes[i] == self or now - tonumber(nodes[i + 1]) <= dead_after then
+      alive[nodes[i]] = true
+      table.insert(live, nodes[i])
+    else
+      dead = true
+      redis.call('HDEL', nkey, nodes[i])
+    end
+  end
+  local kept = {}
+  if dead or want_members then
+    local all = redis.call('HGETALL', mkey)
+    for i = 1, #all, 2 do
+      if alive[string.sub(all[i + 1], 1, 22)] then
+        table.insert(kept, all[i])
+        table.insert(kept, all[i + 1])
+      else
+        redis.call('HDEL', mkey, all[i])
+      end
+    end
+  end
+  return live, kept
+end
+"#;
+
+/// Takes a place in a room if there is one.
+/// KEYS: members, nodes, exists. ARGV: node, field, value, max members,
+/// dead after (ms), key TTL (ms), room idle TTL (ms).
+/// Returns `{0}` when the room is full, else `{1, field, value, ...}` with
+/// the other members.
+const JOIN_BODY: &str = r#"
+local now = now_ms()
+local live, kept = reap(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[5]), now, true)
+local others = {1}
+for i = 1, #kept, 2 do
+  if kept[i] ~= ARGV[2] then
+    table.insert(others, kept[i])
+    table.insert(others, kept[i + 1])
+  end
+end
+if (#others - 1) / 2 >= tonumber(ARGV[4]) then
+  return {0}
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], now)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[7])
+return others
+"#;
+
+/// The heartbeat of one instance in one room, and its re-announcement
+/// after an outage. KEYS: members, nodes, exists. ARGV: node, dead after
+/// (ms), key TTL (ms), room idle TTL (ms), n, then n `field, value` pairs to
+/// set, then fields to delete. Returns the live node tags.
+const REFRESH_BODY: &str = r#"
+local now = now_ms()
+redis.call('HSET', KEYS[2], ARGV[1], now)
+local live = reap(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), now, false)
+local n = tonumber(ARGV[5])
+for i = 0, n - 1 do
+  redis.call('HSET', KEYS[1], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+end
+for i = 6 + 2 * n, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+return live
+"#;
+
+/// A token bucket per key: `capacity` events, refilled continuously over
+/// `period` ms. KEYS: the bucket. ARGV: capacity, period (ms).
+/// Returns 0 when allowed, else the ms until one more event is.
+const LIMIT_BODY: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cap = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'n', 't')
+local n = tonumber(b[1]) or cap
+local last = tonumber(b[2]) or now
+n = math.min(cap, n + math.max(0, now - last) * cap / period)
+local wait = 0
+if n >= 1 then
+  n = n - 1
+else
+  wait = math.ceil((1 - n) * period / cap)
+end
+redis.call('HSET', KEYS[1], 'n', tostring(n), 't', tostring(now))
+redis.call('PEXPIRE', KEYS[1], period)
+return wait
+"#;
+
+pub(crate) struct Scripts {
+    pub join: redis::Script,
+    pub refresh: redis::Script,
+    pub limit: redis::Script,
+    /// The refresh script's source, for `SCRIPT LOAD` on the publish lane
+    /// (which calls it by hash inside pipelines).
+    pub refresh_source: String,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let refresh_source = format!("{REAP}{REFRESH_BODY}");
+        Scripts {
+            join: redis::Script::new(&format!("{REAP}{JOIN_BODY}")),
+            refresh: redis::Script::new(&refresh_source),
+            limit: redis::Script::new(LIMIT_BODY),
+            refresh_source,
+        }
+    }
+}
