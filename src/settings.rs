@@ -55,6 +55,8 @@ pub struct Settings {
     pub trust_proxy: bool,
 
     pub redis_url: Option<String>,
+    /// `REDIS_CLUSTER`: `REDIS_URL` lists the seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
     pub redis_max_retries_per_request: u32,
     pub redis_enable_ready_check: bool,
     pub redis_connect_timeout_ms: u64,
@@ -407,12 +409,27 @@ impl Settings {
             ));
         }
         let redis_url = s.opt_string("REDIS_URL");
+        let redis_cluster = s.bool("REDIS_CLUSTER", false)?;
         if let Some(url) = &redis_url {
             // Parsing only: nothing connects before the settings are whole.
-            if redis::Client::open(url.as_str()).is_err() {
+            let urls: Vec<&str> = if redis_cluster {
+                url.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect()
+            } else {
+                vec![url.as_str()]
+            };
+            if urls.is_empty() || urls.iter().any(|u| redis::Client::open(*u).is_err()) {
                 return Err(Source::err(
                     "REDIS_URL",
-                    "is not a Redis URL; want redis://[user:password@]host[:port][/db]".into(),
+                    if redis_cluster {
+                        "is not a list of Redis URLs; with REDIS_CLUSTER=true want the seed \
+                         nodes as redis://host:port,redis://host:port,..."
+                    } else {
+                        "is not a Redis URL; want redis://[user:password@]host[:port][/db]"
+                    }
+                    .into(),
                 ));
             }
         }
@@ -442,6 +459,7 @@ impl Settings {
             log_format,
             trust_proxy: s.bool("TRUST_PROXY", false)?,
             redis_url,
+            redis_cluster,
             redis_max_retries_per_request: s.num("REDIS_MAX_RETRIES_PER_REQUEST", 3u32, 0, 1000)?,
             redis_enable_ready_check: s.bool("REDIS_ENABLE_READY_CHECK", true)?,
             redis_connect_timeout_ms: s.num("REDIS_CONNECT_TIMEOUT", 10_000u64, 1, 600_000)?,
@@ -542,7 +560,9 @@ impl Settings {
             ("workers", self.workers.to_string()),
             (
                 "mode",
-                if self.redis_url.is_some() {
+                if self.redis_cluster && self.redis_url.is_some() {
+                    "cluster (Redis Cluster)"
+                } else if self.redis_url.is_some() {
                     "cluster"
                 } else {
                     "standalone"
@@ -745,6 +765,18 @@ mod tests {
         );
         let e = Settings::from_pairs([("CLUSTER_SECRET", "short")]).unwrap_err();
         assert_eq!(e.var, "CLUSTER_SECRET");
+        let s = Settings::from_pairs([
+            ("REDIS_CLUSTER", "true"),
+            (
+                "REDIS_URL",
+                "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+            ),
+        ])
+        .unwrap();
+        assert!(s.redis_cluster);
+        let e =
+            Settings::from_pairs([("REDIS_CLUSTER", "true"), ("REDIS_URL", "a,b")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_URL");
         let e = Settings::from_pairs([("REDIS_PUBLISH_BUFFER_BYTES", "1000")]).unwrap_err();
         assert_eq!(e.var, "REDIS_PUBLISH_BUFFER_BYTES");
     }

@@ -84,6 +84,7 @@ impl Application {
                     link.clone(),
                     BridgeConfig {
                         url: url.clone(),
+                        cluster: s.redis_cluster,
                         connect_timeout: Duration::from_millis(s.redis_connect_timeout_ms),
                         reconnect_max: Duration::from_millis(s.redis_reconnect_max_ms),
                         ready_check: s.redis_enable_ready_check,

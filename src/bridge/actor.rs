@@ -6,11 +6,15 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::*;
+use crate::cluster::conn::{node_urls, Conn};
 use crate::cluster::redis::{run_lane, LinkLost, RedisLink};
 use crate::cluster::wire;
 
@@ -23,6 +27,8 @@ const SUBSCRIBE_CHUNK: usize = 1000;
 #[derive(Clone)]
 pub(crate) struct BridgeConfig {
     pub url: String,
+    /// `REDIS_CLUSTER`: `url` lists seed nodes; pub/sub is sharded.
+    pub cluster: bool,
     pub connect_timeout: Duration,
     pub reconnect_max: Duration,
     pub ready_check: bool,
@@ -33,20 +39,51 @@ enum SubOp {
     Unsubscribe(String),
 }
 
+/// One publication: its channel and payload.
+struct Publication {
+    channel: String,
+    payload: Bytes,
+}
+
 /// An item of one connection's subscription stream; `None` when that
 /// connection has ended.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Incoming {
     epoch: u64,
-    msg: Option<redis::Msg>,
+    msg: Option<Publication>,
+}
+
+/// Where SUBSCRIBE goes: the subscription connection of one Redis, or
+/// (sharded, `SSUBSCRIBE`) a cluster connection whose messages arrive as
+/// RESP3 pushes.
+enum Subscriber {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(s) => s.subscribe(channels).await,
+            Subscriber::Cluster(c) => c.ssubscribe(channels).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(s) => s.unsubscribe(channel).await,
+            Subscriber::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
 }
 
 /// A connection attempt succeeded.
 struct Connected {
-    sink: PubSubSink,
-    stream: PubSubStream,
-    conn: MultiplexedConnection,
+    subscriber: Subscriber,
+    /// Publications; ends when the subscription connection is lost.
+    stream: BoxStream<'static, Publication>,
+    conn: Conn,
 }
 
 pub(crate) struct RedisBridge {
@@ -112,7 +149,7 @@ impl RedisBridge {
         self.epoch += 1;
         let epoch = self.epoch;
         let (tx, rx) = mpsc::unbounded_channel();
-        actix_rt::spawn(run_subscriptions(self.link.clone(), c.sink, rx));
+        actix_rt::spawn(run_subscriptions(self.link.clone(), c.subscriber, rx));
         self.subs = Some(tx.clone());
         let stream = c
             .stream
@@ -200,7 +237,7 @@ impl RedisBridge {
                 };
                 let start = Instant::now();
                 let cmd = redis::cmd("PING");
-                let ping = cmd.query_async::<String>(&mut conn);
+                let ping = cmd.query_async::<redis::Value>(&mut conn);
                 match tokio::time::timeout(link.command_timeout, ping).await {
                     Ok(Ok(_)) => link.set_round_trip(start.elapsed()),
                     Ok(Err(e)) => link.fail(format!("heartbeat: {e}")),
@@ -224,32 +261,12 @@ fn jitter(d: Duration) -> Duration {
 }
 
 async fn connect(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, String> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
-    let cfg = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(link.command_timeout));
     let attempt = async {
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| e.to_string())?;
-        if config.ready_check {
-            // A Redis still loading its dataset answers LOADING to commands.
-            let info: String = redis::cmd("INFO")
-                .arg("persistence")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if info.lines().any(|l| l.trim() == "loading:1") {
-                return Err("Redis is loading its dataset".to_owned());
-            }
+        if config.cluster {
+            connect_cluster(link, config).await
+        } else {
+            connect_single(link, config).await
         }
-        link.load_scripts(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-        let (sink, stream) = pubsub.split();
-        Ok(Connected { sink, stream, conn })
     };
     match tokio::time::timeout(config.connect_timeout + link.command_timeout, attempt).await {
         Ok(r) => r,
@@ -257,12 +274,116 @@ async fn connect(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, S
     }
 }
 
+async fn connect_single(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, String> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(link.command_timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    if config.ready_check {
+        // A Redis still loading its dataset answers LOADING to commands.
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if info.lines().any(|l| l.trim() == "loading:1") {
+            return Err("Redis is loading its dataset".to_owned());
+        }
+    }
+    let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+    let (sink, stream) = pubsub.split();
+    let stream = stream
+        .map(|m| Publication {
+            channel: m.get_channel_name().to_owned(),
+            payload: Bytes::copy_from_slice(m.get_payload_bytes()),
+        })
+        .boxed();
+    Ok(Connected {
+        subscriber: Subscriber::Single(sink),
+        stream,
+        conn: Conn::Single(conn),
+    })
+}
+
+async fn connect_cluster(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, String> {
+    let nodes = node_urls(&config.url, true);
+    let build = |pushes: Option<mpsc::UnboundedSender<PushInfo>>| {
+        let mut b = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(link.command_timeout);
+        if let Some(tx) = pushes {
+            b = b
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx);
+        }
+        b.build().map_err(|e| e.to_string())
+    };
+    let mut conn = build(None)?
+        .get_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    if config.ready_check {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            return Err("the Redis Cluster is not in state ok".to_owned());
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sub = build(Some(tx))?
+        .get_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    // Sharded messages arrive as pushes; a lost node connection as a
+    // Disconnection push, which ends the stream (the bridge reconnects and
+    // resubscribes everything, as for a single Redis).
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let push = rx.recv().await?;
+        match push.kind {
+            PushKind::Disconnection => None,
+            _ => Some((sharded_message(push), rx)),
+        }
+    })
+    .filter_map(|m| async move { m })
+    .boxed();
+    Ok(Connected {
+        subscriber: Subscriber::Cluster(sub),
+        stream,
+        conn: Conn::Cluster(conn),
+    })
+}
+
+/// The channel and payload of an `smessage` push; `None` for any other push
+/// (subscription confirmations).
+fn sharded_message(push: PushInfo) -> Option<Publication> {
+    if push.kind != PushKind::SMessage {
+        return None;
+    }
+    let mut data = push.data.into_iter();
+    let channel = match data.next()? {
+        redis::Value::BulkString(b) => String::from_utf8(b).ok()?,
+        _ => return None,
+    };
+    let payload = match data.next()? {
+        redis::Value::BulkString(b) => Bytes::from(b),
+        _ => return None,
+    };
+    Some(Publication { channel, payload })
+}
+
 /// Runs SUBSCRIBE/UNSUBSCRIBE one at a time, in the order asked, on one
 /// subscription connection: an unsubscribe and a later subscribe of the same
 /// channel cannot be swapped.
 async fn run_subscriptions(
     link: Arc<RedisLink>,
-    mut sink: PubSubSink,
+    mut sink: Subscriber,
     mut ops: mpsc::UnboundedReceiver<SubOp>,
 ) {
     let timeout = link.command_timeout;
@@ -367,16 +488,15 @@ impl Handler<Incoming> for RedisBridge {
             self.lost("the subscription connection closed", ctx);
             return;
         };
-        let payload = m.get_payload_bytes();
-        match wire::origin(payload) {
+        match wire::origin(&m.payload) {
             Some(origin) if origin == self.link.node => return,
             None => return,
             _ => {}
         }
-        let Some(room) = self.routes.get(m.get_channel_name()) else {
+        let Some(room) = self.routes.get(&m.channel) else {
             return;
         };
-        if let Some(event) = wire::decode(Bytes::copy_from_slice(payload)) {
+        if let Some(event) = wire::decode(m.payload) {
             self.link.metrics.cluster_received.inc();
             room.do_send(FromBridge::Event(event));
         }

@@ -8,6 +8,7 @@
 //! in cluster mode the room also takes its place in Redis through the same
 //! [`redis::RedisLink`].
 
+pub(crate) mod conn;
 pub(crate) mod keys;
 pub(crate) mod redis;
 pub(crate) mod scripts;

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use actix::Recipient;
 use bytes::Bytes;
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
-use redis::aio::MultiplexedConnection;
+use deadpool_redis::{PoolConfig, Timeouts};
 use tokio::sync::mpsc;
 
+use super::conn::{node_urls, Conn, Pool};
 use super::keys::{Keys, NodeTag, RoomKeys};
 use super::scripts::Scripts;
 use super::wire;
@@ -109,6 +109,10 @@ struct LaneOp {
     bytes: usize,
     /// A PUBLISH (counted in `blindrelay_redis_publishes_total`).
     publish: bool,
+    /// In a Redis Cluster, the room's channel: a pipeline may only touch
+    /// one hash slot, so the lane sends one pipeline per room (in order
+    /// within it). Empty for a single Redis.
+    group: String,
 }
 
 /// Ops taken from the lane into one pipeline at most.
@@ -134,12 +138,13 @@ pub(crate) struct RedisLink {
     replay_enabled: bool,
     publish_limit: usize,
     pool: Pool,
+    /// Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+    pub sharded: bool,
     pub scripts: Scripts,
-    refresh_sha: String,
     pub metrics: Metrics,
     lane_tx: mpsc::UnboundedSender<LaneOp>,
     lane_rx: Mutex<Option<mpsc::UnboundedReceiver<LaneOp>>>,
-    lane_conn: Mutex<Option<MultiplexedConnection>>,
+    lane_conn: Mutex<Option<Conn>>,
     /// Bytes queued in the lane and not yet written to Redis.
     lane_bytes: AtomicUsize,
     /// Ops queued or in flight in the lane.
@@ -160,22 +165,20 @@ impl RedisLink {
             .clone()
             .ok_or_else(|| anyhow::anyhow!("REDIS_URL is not set"))?;
         let command_timeout = Duration::from_millis(settings.redis_command_timeout_ms);
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        cfg.pool = Some(PoolConfig {
-            max_size: settings.redis_pool_size,
-            timeouts: Timeouts {
-                wait: Some(command_timeout),
-                create: Some(Duration::from_millis(settings.redis_connect_timeout_ms)),
-                recycle: Some(command_timeout),
+        let pool = Pool::new(
+            node_urls(&url, settings.redis_cluster),
+            settings.redis_cluster,
+            PoolConfig {
+                max_size: settings.redis_pool_size,
+                timeouts: Timeouts {
+                    wait: Some(command_timeout),
+                    create: Some(Duration::from_millis(settings.redis_connect_timeout_ms)),
+                    recycle: Some(command_timeout),
+                },
+                ..PoolConfig::default()
             },
-            ..PoolConfig::default()
-        });
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        )?;
         let (lane_tx, lane_rx) = mpsc::unbounded_channel();
-        let scripts = Scripts::new();
-        let refresh_sha = scripts.refresh.get_hash().to_owned();
         let node = NodeTag::random();
         Ok(RedisLink {
             keys: Keys::new(&settings.cluster_secret),
@@ -192,8 +195,8 @@ impl RedisLink {
             replay_enabled: settings.feature_token_replay_protection,
             publish_limit: settings.redis_publish_buffer_bytes,
             pool,
-            scripts,
-            refresh_sha,
+            sharded: settings.redis_cluster,
+            scripts: Scripts::new(),
             metrics,
             lane_tx,
             lane_rx: Mutex::new(Some(lane_rx)),
@@ -233,7 +236,7 @@ impl RedisLink {
     }
 
     /// Called by the bridge once connected, subscribed and ready.
-    pub fn set_up(&self, conn: MultiplexedConnection) {
+    pub fn set_up(&self, conn: Conn) {
         *self.lane_conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
         self.up.store(true, Ordering::Release);
         self.ever_up.store(true, Ordering::Release);
@@ -263,7 +266,7 @@ impl RedisLink {
 
     // ---- the publish lane -------------------------------------------------
 
-    fn push(&self, cmd: redis::Cmd, bytes: usize, publish: bool) {
+    fn push(&self, cmd: redis::Cmd, bytes: usize, publish: bool, keys: &RoomKeys) {
         if !self.is_up() {
             return;
         }
@@ -277,12 +280,18 @@ impl RedisLink {
             return;
         }
         self.lane_ops.fetch_add(1, Ordering::AcqRel);
+        let group = if self.sharded {
+            keys.channel.clone()
+        } else {
+            String::new()
+        };
         if self
             .lane_tx
             .send(LaneOp {
                 cmd,
                 bytes,
                 publish,
+                group,
             })
             .is_err()
         {
@@ -293,10 +302,10 @@ impl RedisLink {
 
     /// Publishes a payload on a room's channel (one PUBLISH per room
     /// message, whatever the number of recipients).
-    pub fn publish(&self, channel: &str, payload: &Bytes) {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(&payload[..]);
-        self.push(cmd, payload.len() + channel.len(), true);
+    pub fn publish(&self, keys: &RoomKeys, payload: &Bytes) {
+        let mut cmd = redis::cmd(if self.sharded { "SPUBLISH" } else { "PUBLISH" });
+        cmd.arg(&keys.channel).arg(&payload[..]);
+        self.push(cmd, payload.len() + keys.channel.len(), true, keys);
     }
 
     /// A local member left: its presence goes and the other instances are
@@ -320,8 +329,8 @@ impl RedisLink {
         let field = self.keys.member_field(keys, member);
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(&keys.members).arg(&field);
-        self.push(cmd, 64, false);
-        self.publish(&keys.channel, &wire::left(self.node, member));
+        self.push(cmd, 64, false, keys);
+        self.publish(keys, &wire::left(self.node, member));
     }
 
     /// Announces on the lane the leaves remembered while the link was down.
@@ -340,9 +349,11 @@ impl RedisLink {
     /// Re-announces this instance's members of a room after an outage (a
     /// restarted Redis has forgotten them), in order with the room's traffic.
     pub fn reannounce<'a>(&self, keys: &RoomKeys, members: impl Iterator<Item = &'a str>) {
-        let mut cmd = redis::cmd("EVALSHA");
+        // EVAL, not EVALSHA: in a Redis Cluster a script loaded once is
+        // known to one shard only. Re-announcements are rare.
+        let mut cmd = redis::cmd("EVAL");
         let pairs: Vec<(String, String)> = members.map(|m| self.presence_entry(keys, m)).collect();
-        cmd.arg(&self.refresh_sha)
+        cmd.arg(&self.scripts.refresh_source)
             .arg(3)
             .arg(&keys.members)
             .arg(&keys.nodes)
@@ -355,7 +366,7 @@ impl RedisLink {
         for (f, v) in &pairs {
             cmd.arg(f).arg(v);
         }
-        self.push(cmd, 64 + pairs.len() * 64, false);
+        self.push(cmd, 64 + pairs.len() * 64, false, keys);
     }
 
     fn presence_entry(&self, keys: &RoomKeys, member: &str) -> (String, String) {
@@ -376,7 +387,7 @@ impl RedisLink {
             .take()
     }
 
-    pub fn lane_connection(&self) -> Option<MultiplexedConnection> {
+    pub fn lane_connection(&self) -> Option<Conn> {
         self.lane_conn
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -389,7 +400,7 @@ impl RedisLink {
     /// up to `REDIS_MAX_RETRIES_PER_REQUEST` times on connection errors.
     async fn with_conn<T, F, Fut>(&self, mut f: F) -> Result<T, RedisError>
     where
-        F: FnMut(deadpool_redis::Connection) -> Fut,
+        F: FnMut(super::conn::Pooled) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if !self.is_up() {
@@ -398,11 +409,7 @@ impl RedisLink {
         let mut attempt = 0;
         loop {
             let once = async {
-                let conn = self
-                    .pool
-                    .get()
-                    .await
-                    .map_err(|e| RedisError::Pool(e.to_string()))?;
+                let conn = self.pool.get().await.map_err(RedisError::Pool)?;
                 Ok::<T, RedisError>(f(conn).await?)
             };
             let result = match tokio::time::timeout(self.command_timeout, once).await {
@@ -603,17 +610,6 @@ impl RedisLink {
             .await?;
         Ok(live.iter().filter_map(|n| NodeTag::from_text(n)).collect())
     }
-
-    /// Loads the scripts the lane calls by hash (after every reconnect: a
-    /// restarted Redis has forgotten them).
-    pub async fn load_scripts(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(&self.scripts.refresh_source)
-            .query_async::<String>(conn)
-            .await
-            .map(|_| ())
-    }
 }
 
 /// Drains the publish lane: takes what is queued (up to [`LANE_BATCH`]
@@ -629,15 +625,10 @@ pub(crate) async fn run_lane(link: Arc<RedisLink>) {
         let ops = batch.len();
         let bytes: usize = batch.iter().map(|op| op.bytes).sum();
         let conn = link.lane_connection();
-        if let (true, Some(mut conn)) = (link.is_up(), conn) {
+        if let (true, Some(conn)) = (link.is_up(), conn) {
             let publishes = batch.iter().filter(|op| op.publish).count() as u64;
-            let mut pipe = redis::pipe();
-            for op in batch.drain(..) {
-                pipe.add_command(op.cmd).ignore();
-            }
-            match tokio::time::timeout(link.command_timeout, pipe.query_async::<()>(&mut conn))
-                .await
-            {
+            let sent = send_batch(&link, conn, &mut batch);
+            match tokio::time::timeout(link.command_timeout, sent).await {
                 Ok(Ok(())) => link.metrics.redis_publishes.inc_by(publishes),
                 Ok(Err(e)) => {
                     link.metrics.redis_errors.inc();
@@ -658,6 +649,45 @@ pub(crate) async fn run_lane(link: Arc<RedisLink>) {
         link.lane_bytes.fetch_sub(bytes, Ordering::AcqRel);
         link.lane_ops.fetch_sub(ops, Ordering::AcqRel);
     }
+}
+
+/// Writes one batch: one pipeline to a single Redis; to a Redis Cluster one
+/// pipeline per room (a pipeline may touch one hash slot only), sent
+/// together, each in order.
+async fn send_batch(
+    link: &RedisLink,
+    conn: Conn,
+    batch: &mut Vec<LaneOp>,
+) -> redis::RedisResult<()> {
+    if !link.sharded {
+        let mut pipe = redis::pipe();
+        for op in batch.drain(..) {
+            pipe.add_command(op.cmd).ignore();
+        }
+        let mut conn = conn;
+        return pipe.query_async::<()>(&mut conn).await;
+    }
+    let mut groups: Vec<(String, redis::Pipeline)> = Vec::new();
+    for op in batch.drain(..) {
+        match groups.iter_mut().find(|(g, _)| *g == op.group) {
+            Some((_, pipe)) => {
+                pipe.add_command(op.cmd).ignore();
+            }
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(op.cmd).ignore();
+                groups.push((op.group, pipe));
+            }
+        }
+    }
+    let sends = groups.iter().map(|(_, pipe)| {
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await }
+    });
+    futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

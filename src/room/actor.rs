@@ -256,8 +256,7 @@ impl Room {
         self.broadcast(&server::member_joined(&id), None);
         self.members.insert(id.clone(), member);
         if let Some(c) = &self.cluster {
-            c.link
-                .publish(&c.keys.channel, &wire::joined(c.link.node, &id));
+            c.link.publish(&c.keys, &wire::joined(c.link.node, &id));
         }
     }
 
@@ -415,8 +414,7 @@ impl Room {
         c.link
             .reannounce(&c.keys, self.members.keys().map(|k| k.as_ref()));
         for id in self.members.keys() {
-            c.link
-                .publish(&c.keys.channel, &wire::joined(c.link.node, id));
+            c.link.publish(&c.keys, &wire::joined(c.link.node, id));
         }
         c.grace_until = Some(Instant::now() + c.link.timing.restore_grace);
         if std::mem::take(&mut c.degraded) {
@@ -479,7 +477,7 @@ impl Room {
                     // members: one may have admitted a member whose
                     // announcement is still on its way.
                     c.link
-                        .publish(&c.keys.channel, &wire::broadcast(c.link.node, &frame));
+                        .publish(&c.keys, &wire::broadcast(c.link.node, &frame));
                 }
                 delivered
             }
@@ -493,7 +491,7 @@ impl Room {
                 if let Some(c) = &self.cluster {
                     let frame = server::message(&msg.from, &msg.data, true);
                     c.link
-                        .publish(&c.keys.channel, &wire::direct(c.link.node, to, &frame));
+                        .publish(&c.keys, &wire::direct(c.link.node, to, &frame));
                 }
                 0
             }

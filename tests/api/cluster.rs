@@ -832,3 +832,66 @@ async fn redis_holds_no_room_id_member_id_token_jti_or_data_and_every_key_expire
         assert!(!text.contains(&ia) && !text.contains(&ib), "{text}");
     }
 }
+
+#[actix_web::test]
+async fn a_redis_cluster_relays_across_instances_with_sharded_pub_sub() {
+    let rc = RedisCluster::start().await;
+    let urls = rc.urls();
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut pairs = vec![("REDIS_URL", urls.as_str()), ("REDIS_CLUSTER", "true")];
+        pairs.extend_from_slice(CLUSTER);
+        let app = spawn_app(&pairs).await;
+        wait_until("the instance is ready", WAIT, async || {
+            app.get("/ready").await.0 == 200
+        })
+        .await;
+        apps.push(app);
+    }
+    let (a, b) = (apps[0].port, apps[1].port);
+    // Several rooms, so that their hash slots fall on different shards.
+    for _ in 0..6 {
+        let (_room, m) = room_across(&[a, b, a]).await;
+        let [(mut a1, id_a1), (mut b1, id_b1), (mut a2, _)] = members(m);
+        a1.send_json(json!({"type": "send", "data": "over-the-shards", "id": "1"}))
+            .await;
+        assert_eq!(a1.recv_json().await, json!({"type": "ack", "id": "1"}));
+        for c in [&mut b1, &mut a2] {
+            assert_eq!(
+                c.recv_json().await,
+                json!({"type": "message", "from": id_a1, "data": "over-the-shards"})
+            );
+        }
+        b1.send_json(json!({"type": "send", "data": "just-you", "to": id_a1}))
+            .await;
+        assert_eq!(
+            a1.recv_json().await,
+            json!({"type": "message", "from": id_b1, "data": "just-you", "direct": true})
+        );
+        a2.expect_silence(QUIET).await;
+        b1.send_json(json!({"type": "leave"})).await;
+        b1.expect_close(1000, "leave").await;
+        assert_eq!(a1.recv_json().await, left(&id_b1));
+        assert_eq!(a2.recv_json().await, left(&id_b1));
+    }
+    // Rooms are subscribed as sharded channels only.
+    let (_room, _m) = room_across(&[a, b]).await;
+    let counts = rc.channels_per_node().await;
+    assert!(
+        counts.iter().all(|(classic, _)| *classic == 0),
+        "{counts:?}"
+    );
+    assert!(
+        counts.iter().map(|(_, s)| s).sum::<usize>() >= 1,
+        "{counts:?}"
+    );
+    // A token is single-use across the cluster too.
+    let t = token(&unique("room"));
+    let (_c, first) = try_join(a, &t).await;
+    assert_eq!(first.unwrap()["type"], "welcome");
+    let (_c, second) = try_join(b, &t).await;
+    assert_eq!(
+        second.unwrap_err(),
+        End::Closed(4409, "token already used".into())
+    );
+}

@@ -272,3 +272,162 @@ async fn server_pid(port: u16) -> Option<u32> {
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|pid| pid.trim().parse().ok())
 }
+
+/// A three-node Redis Cluster (no replicas) on free loopback ports, for the
+/// sharded pub/sub test. Each node also needs its cluster bus port (+10000)
+/// free, so ports are taken from a range where that stays below 65536.
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+fn port_pair_free(port: u16) -> bool {
+    let bind = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    bind(port) && bind(port + 10_000)
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "blindrelay-rc-{}-{}",
+            std::process::id(),
+            crate::helpers::unique("")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        let seed = (std::process::id() % 5000) as u16;
+        let mut candidate = 20_000 + seed * 3;
+        while ports.len() < 3 {
+            candidate += 1;
+            assert!(candidate < 55_000, "no free ports for a Redis Cluster");
+            if !port_pair_free(candidate) {
+                continue;
+            }
+            let conf = dir.join(format!("nodes-{candidate}.conf"));
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &candidate.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--dir",
+                    dir.to_str().unwrap(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            let pid = child.id();
+            children.push(child);
+            let deadline = Instant::now() + START_WITHIN;
+            while server_pid(candidate).await != Some(pid) {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node on {candidate} never answered"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ports.push(candidate);
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster {
+            ports,
+            children,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut ok = true;
+            for p in &cluster.ports {
+                let mut con = node(*p).await;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut con)
+                    .await
+                    .expect("CLUSTER INFO");
+                ok &= info.contains("cluster_state:ok");
+            }
+            if ok {
+                return cluster;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster never became ok"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The seed nodes, as `REDIS_URL` takes them with `REDIS_CLUSTER=true`.
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Per node: (classic channels, sharded channels) with subscribers.
+    pub async fn channels_per_node(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for p in &self.ports {
+            let mut con = node(*p).await;
+            let mut counts = [0usize; 2];
+            for (i, kind) in ["CHANNELS", "SHARDCHANNELS"].iter().enumerate() {
+                let some: Vec<Vec<u8>> = redis::cmd("PUBSUB")
+                    .arg(*kind)
+                    .query_async(&mut con)
+                    .await
+                    .expect("PUBSUB");
+                counts[i] = some.len();
+            }
+            out.push((counts[0], counts[1]));
+        }
+        out
+    }
+}
+
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test connects to a cluster node")
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
