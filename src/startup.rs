@@ -325,7 +325,9 @@ impl AppHandle {
         // Cluster mode: the leaves of the closed sessions (presence removal
         // and member_left for the other instances) go out before the exit.
         if let Some(link) = state.backend.link() {
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = actix_rt::time::timeout(left, state.registry.send(crate::registry::FlushRooms))
+                .await;
             while link.is_up() && !link.lane_idle() && Instant::now() < deadline {
                 actix_rt::time::sleep(Duration::from_millis(5)).await;
             }

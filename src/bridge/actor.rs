@@ -37,6 +37,9 @@ pub(crate) struct BridgeConfig {
 enum SubOp {
     Subscribe(Vec<String>, oneshot::Sender<Result<(), String>>),
     Unsubscribe(String),
+    /// Proves the subscription connection alive (a half-open connection
+    /// would otherwise stop remote delivery without a word).
+    Ping,
 }
 
 /// One publication: its channel and payload.
@@ -76,6 +79,16 @@ impl Subscriber {
             Subscriber::Cluster(c) => c.sunsubscribe(channel).await,
         }
     }
+
+    async fn ping(&mut self) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(s) => s.ping::<redis::Value>().await.map(|_| ()),
+            Subscriber::Cluster(c) => {
+                let cmd = redis::cmd("PING");
+                cmd.query_async::<redis::Value>(c).await.map(|_| ())
+            }
+        }
+    }
 }
 
 /// A connection attempt succeeded.
@@ -97,6 +110,11 @@ pub(crate) struct RedisBridge {
     /// taken for the end of the current one.
     epoch: u64,
     connecting: bool,
+    /// Ends the current subscription stream (dropping it closes its
+    /// connection and its subscriptions).
+    stream_cancel: Option<oneshot::Sender<()>>,
+    /// The current connection's subscription stream has ended.
+    stream_ended: bool,
     backoff: Duration,
     /// The link has been up before (a later up is a reconnect).
     was_up: bool,
@@ -114,6 +132,8 @@ impl RedisBridge {
             subs: None,
             epoch: 0,
             connecting: false,
+            stream_cancel: None,
+            stream_ended: false,
             backoff: FIRST_BACKOFF,
             was_up: false,
             down_since: Some(Instant::now()),
@@ -151,8 +171,12 @@ impl RedisBridge {
         let (tx, rx) = mpsc::unbounded_channel();
         actix_rt::spawn(run_subscriptions(self.link.clone(), c.subscriber, rx));
         self.subs = Some(tx.clone());
+        let (cancel, cancelled) = oneshot::channel();
+        self.stream_cancel = Some(cancel);
+        self.stream_ended = false;
         let stream = c
             .stream
+            .take_until(cancelled)
             .map(move |m| Incoming {
                 epoch,
                 msg: Some(m),
@@ -179,9 +203,15 @@ impl RedisBridge {
             if act.epoch != epoch {
                 return;
             }
+            let res = if act.stream_ended {
+                Err("the subscription connection closed while resubscribing".to_owned())
+            } else {
+                res
+            };
             if let Err(e) = res {
                 slog::warn!(act.log, "resubscribing after connecting failed"; "error" => %e);
                 act.subs = None;
+                act.stream_cancel = None;
                 let wait = jitter(act.backoff);
                 ctx.run_later(wait, |act, ctx| act.connect(ctx));
                 return;
@@ -214,6 +244,7 @@ impl RedisBridge {
         }
         slog::warn!(self.log, "cluster link lost; local rooms keep relaying"; "cause" => cause);
         self.subs = None;
+        self.stream_cancel = None;
         self.down_since = Some(Instant::now());
         for room in self.routes.values() {
             room.do_send(FromBridge::Down);
@@ -228,6 +259,9 @@ impl RedisBridge {
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if !self.link.is_up() {
             return;
+        }
+        if let Some(subs) = &self.subs {
+            let _ = subs.send(SubOp::Ping);
         }
         let link = self.link.clone();
         ctx.spawn(
@@ -296,10 +330,17 @@ async fn connect_single(link: &RedisLink, config: &BridgeConfig) -> Result<Conne
     }
     let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
     let (sink, stream) = pubsub.split();
+    // Own publications (Redis sends them back to the subscriber) are
+    // dropped here, before any copy or actor message.
+    let own = link.node;
     let stream = stream
-        .map(|m| Publication {
-            channel: m.get_channel_name().to_owned(),
-            payload: Bytes::copy_from_slice(m.get_payload_bytes()),
+        .filter_map(move |m| {
+            let payload = m.get_payload_bytes();
+            let theirs = wire::origin(payload).is_some_and(|o| o != own);
+            futures_util::future::ready(theirs.then(|| Publication {
+                channel: m.get_channel_name().to_owned(),
+                payload: Bytes::copy_from_slice(payload),
+            }))
         })
         .boxed();
     Ok(Connected {
@@ -344,6 +385,7 @@ async fn connect_cluster(link: &RedisLink, config: &BridgeConfig) -> Result<Conn
     // Sharded messages arrive as pushes; a lost node connection as a
     // Disconnection push, which ends the stream (the bridge reconnects and
     // resubscribes everything, as for a single Redis).
+    let own = link.node;
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let push = rx.recv().await?;
         match push.kind {
@@ -351,7 +393,10 @@ async fn connect_cluster(link: &RedisLink, config: &BridgeConfig) -> Result<Conn
             _ => Some((sharded_message(push), rx)),
         }
     })
-    .filter_map(|m| async move { m })
+    .filter_map(move |m| {
+        let theirs = m.filter(|p| wire::origin(&p.payload).is_some_and(|o| o != own));
+        futures_util::future::ready(theirs)
+    })
     .boxed();
     Ok(Connected {
         subscriber: Subscriber::Cluster(sub),
@@ -397,6 +442,7 @@ async fn run_subscriptions(
                 tokio::time::timeout(timeout, sink.unsubscribe(&channel)).await,
                 None,
             ),
+            SubOp::Ping => (tokio::time::timeout(timeout, sink.ping()).await, None),
         };
         let result = match result {
             Ok(Ok(())) => Ok(()),
@@ -484,15 +530,11 @@ impl Handler<Incoming> for RedisBridge {
         let Some(m) = msg.msg else {
             // Redis closed the subscription (restart, or its output buffer
             // limit for a subscriber that fell behind).
+            self.stream_ended = true;
             self.link.set_down();
             self.lost("the subscription connection closed", ctx);
             return;
         };
-        match wire::origin(&m.payload) {
-            Some(origin) if origin == self.link.node => return,
-            None => return,
-            _ => {}
-        }
         let Some(room) = self.routes.get(&m.channel) else {
             return;
         };

@@ -22,7 +22,7 @@ use std::time::Duration;
 use actix::Recipient;
 use bytes::Bytes;
 use deadpool_redis::{PoolConfig, Timeouts};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{node_urls, Conn, Pool};
 use super::keys::{Keys, NodeTag, RoomKeys};
@@ -38,12 +38,16 @@ use crate::settings::Settings;
 pub(crate) enum RedisError {
     #[error("the cluster link is down")]
     LinkDown,
+    #[error("the publish lane dropped the command (the link went down)")]
+    Dropped,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("getting a pooled connection: {0}")]
     Pool(String),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    #[error("unexpected reply: {0}")]
+    Reply(#[from] redis::ParsingError),
 }
 
 impl RedisError {
@@ -52,7 +56,10 @@ impl RedisError {
         match self {
             RedisError::Pool(_) => true,
             RedisError::Redis(e) => e.is_io_error() || e.is_connection_dropped(),
-            RedisError::LinkDown | RedisError::Timeout(_) => false,
+            RedisError::LinkDown
+            | RedisError::Dropped
+            | RedisError::Timeout(_)
+            | RedisError::Reply(_) => false,
         }
     }
 }
@@ -62,7 +69,17 @@ pub(crate) enum Admission {
     /// The room has `MAX_ROOM_MEMBERS` members, cluster-wide.
     Full,
     /// Joined; the other members and the instance each is on.
-    Admitted(Vec<(Box<str>, NodeTag)>),
+    Admitted(Vec<Entry>),
+}
+
+/// One member's presence entry, read back from Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// Its field in the room's presence hash.
+    pub field: String,
+    pub member: Box<str>,
+    /// The instance it is on.
+    pub node: NodeTag,
 }
 
 /// Told when the link fails (by the lane or a command), so that the bridge
@@ -113,6 +130,8 @@ struct LaneOp {
     /// one hash slot, so the lane sends one pipeline per room (in order
     /// within it). Empty for a single Redis.
     group: String,
+    /// Where the command's reply goes; `None`: ignored.
+    reply: Option<oneshot::Sender<redis::Value>>,
 }
 
 /// Ops taken from the lane into one pipeline at most.
@@ -267,6 +286,17 @@ impl RedisLink {
     // ---- the publish lane -------------------------------------------------
 
     fn push(&self, cmd: redis::Cmd, bytes: usize, publish: bool, keys: &RoomKeys) {
+        self.push_op(cmd, bytes, publish, keys, None);
+    }
+
+    fn push_op(
+        &self,
+        cmd: redis::Cmd,
+        bytes: usize,
+        publish: bool,
+        keys: &RoomKeys,
+        reply: Option<oneshot::Sender<redis::Value>>,
+    ) {
         if !self.is_up() {
             return;
         }
@@ -292,6 +322,7 @@ impl RedisLink {
                 bytes,
                 publish,
                 group,
+                reply,
             })
             .is_err()
         {
@@ -346,27 +377,46 @@ impl RedisLink {
         }
     }
 
-    /// Re-announces this instance's members of a room after an outage (a
-    /// restarted Redis has forgotten them), in order with the room's traffic.
-    pub fn reannounce<'a>(&self, keys: &RoomKeys, members: impl Iterator<Item = &'a str>) {
-        // EVAL, not EVALSHA: in a Redis Cluster a script loaded once is
-        // known to one shard only. Re-announcements are rare.
-        let mut cmd = redis::cmd("EVAL");
-        let pairs: Vec<(String, String)> = members.map(|m| self.presence_entry(keys, m)).collect();
-        cmd.arg(&self.scripts.refresh_source)
-            .arg(3)
-            .arg(&keys.members)
-            .arg(&keys.nodes)
-            .arg(&keys.exists)
-            .arg(&self.node_text)
-            .arg(self.timing.dead_after.as_millis() as u64)
-            .arg(self.timing.key_ttl.as_millis() as u64)
-            .arg(self.idle_ttl.as_millis() as u64)
-            .arg(pairs.len());
-        for (f, v) in &pairs {
-            cmd.arg(f).arg(v);
+    /// Removes presence entries by field (stale entries of this instance:
+    /// a member whose leave was lost with a failed batch, or whose join timed
+    /// out after Redis had taken it).
+    pub fn forget_fields(&self, keys: &RoomKeys, fields: &[String]) {
+        if fields.is_empty() {
+            return;
         }
-        self.push(cmd, 64 + pairs.len() * 64, false, keys);
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(&keys.members).arg(fields);
+        self.push(cmd, 64 * fields.len(), false, keys);
+    }
+
+    /// This instance has no member left in the room: its heartbeat there
+    /// goes, in order behind its members' leaves (a later join puts it back).
+    pub fn forget_room(&self, keys: &RoomKeys) {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(&keys.nodes).arg(&self.node_text);
+        self.push(cmd, 64, false, keys);
+    }
+
+    /// Runs a command on the lane, in order with the room's traffic, and
+    /// waits for its reply (for as long as a batch before it may take, and
+    /// its own).
+    async fn call(
+        &self,
+        keys: &RoomKeys,
+        cmd: redis::Cmd,
+        bytes: usize,
+    ) -> Result<redis::Value, RedisError> {
+        if !self.is_up() {
+            return Err(RedisError::LinkDown);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.push_op(cmd, bytes, false, keys, Some(tx));
+        let wait = self.command_timeout * 2;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(RedisError::Dropped),
+            Err(_) => Err(RedisError::Timeout(wait)),
+        }
     }
 
     fn presence_entry(&self, keys: &RoomKeys, member: &str) -> (String, String) {
@@ -541,33 +591,31 @@ impl RedisLink {
         max_members: usize,
     ) -> Result<Admission, RedisError> {
         let (field, value) = self.presence_entry(keys, member);
-        let reply: Vec<redis::Value> = self
-            .with_conn(|mut conn| {
-                let (field, value) = (field.clone(), value.clone());
-                async move {
-                    self.scripts
-                        .join
-                        .key(&keys.members)
-                        .key(&keys.nodes)
-                        .key(&keys.exists)
-                        .arg(&self.node_text)
-                        .arg(field)
-                        .arg(value)
-                        .arg(max_members)
-                        .arg(self.timing.dead_after.as_millis() as u64)
-                        .arg(self.timing.key_ttl.as_millis() as u64)
-                        .arg(self.idle_ttl.as_millis() as u64)
-                        .invoke_async(&mut conn)
-                        .await
-                }
-            })
-            .await?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.scripts.join)
+            .arg(3)
+            .arg(&keys.members)
+            .arg(&keys.nodes)
+            .arg(&keys.exists)
+            .arg(&self.node_text)
+            .arg(field)
+            .arg(value)
+            .arg(max_members)
+            .arg(self.timing.dead_after.as_millis() as u64)
+            .arg(self.timing.key_ttl.as_millis() as u64)
+            .arg(self.idle_ttl.as_millis() as u64);
+        let reply: Vec<redis::Value> = redis::from_redis_value(self.call(keys, cmd, 256).await?)?;
         let mut it = reply.into_iter();
         match it.next() {
             Some(redis::Value::Int(1)) => {}
             _ => return Ok(Admission::Full),
         }
-        let mut others = Vec::new();
+        Ok(Admission::Admitted(self.entries(keys, it)))
+    }
+
+    /// Decodes `field, value, ...` pairs; what does not decode is skipped.
+    fn entries(&self, keys: &RoomKeys, mut it: impl Iterator<Item = redis::Value>) -> Vec<Entry> {
+        let mut out = Vec::new();
         while let (Some(f), Some(v)) = (it.next(), it.next()) {
             let (Ok(f), Ok(v)) = (
                 redis::from_redis_value::<String>(f),
@@ -575,40 +623,50 @@ impl RedisLink {
             ) else {
                 continue;
             };
-            if let Some(entry) = self.open_entry(keys, &f, &v) {
-                others.push(entry);
+            if let Some(entry) = self.open_entry(keys, f, &v) {
+                out.push(entry);
             }
         }
-        Ok(Admission::Admitted(others))
+        out
     }
 
-    fn open_entry(&self, keys: &RoomKeys, field: &str, value: &str) -> Option<(Box<str>, NodeTag)> {
+    fn open_entry(&self, keys: &RoomKeys, field: String, value: &str) -> Option<Entry> {
         let (node, sealed) = value.split_at_checked(super::keys::NODE_TAG_LEN)?;
         let node = NodeTag::from_text(node)?;
-        let member = self.keys.open_member(keys, field, sealed)?;
-        Some((member.into(), node))
+        let member = self.keys.open_member(keys, &field, sealed)?;
+        Some(Entry {
+            field,
+            member: member.into(),
+            node,
+        })
     }
 
-    /// This instance's heartbeat in a room; returns the instances that are
-    /// alive there (the others have been removed, with their members).
-    pub async fn refresh(&self, keys: &RoomKeys) -> Result<Vec<NodeTag>, RedisError> {
-        let live: Vec<String> = self
-            .with_conn(|mut conn| async move {
-                self.scripts
-                    .refresh
-                    .key(&keys.members)
-                    .key(&keys.nodes)
-                    .key(&keys.exists)
-                    .arg(&self.node_text)
-                    .arg(self.timing.dead_after.as_millis() as u64)
-                    .arg(self.timing.key_ttl.as_millis() as u64)
-                    .arg(self.idle_ttl.as_millis() as u64)
-                    .arg(0)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(live.iter().filter_map(|n| NodeTag::from_text(n)).collect())
+    /// This instance's heartbeat in a room, which also writes its members'
+    /// presence again; returns every member entry alive in the room. It runs
+    /// on the lane, so it cannot overtake a leave of this instance's.
+    pub async fn refresh<'a>(
+        &self,
+        keys: &RoomKeys,
+        members: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<Entry>, RedisError> {
+        let pairs: Vec<(String, String)> = members.map(|m| self.presence_entry(keys, m)).collect();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.scripts.refresh)
+            .arg(3)
+            .arg(&keys.members)
+            .arg(&keys.nodes)
+            .arg(&keys.exists)
+            .arg(&self.node_text)
+            .arg(self.timing.dead_after.as_millis() as u64)
+            .arg(self.timing.key_ttl.as_millis() as u64)
+            .arg(self.idle_ttl.as_millis() as u64)
+            .arg(pairs.len());
+        for (f, v) in &pairs {
+            cmd.arg(f).arg(v);
+        }
+        let reply: Vec<redis::Value> =
+            redis::from_redis_value(self.call(keys, cmd, 256 + 64 * pairs.len()).await?)?;
+        Ok(self.entries(keys, reply.into_iter()))
     }
 }
 
@@ -660,34 +718,46 @@ async fn send_batch(
     batch: &mut Vec<LaneOp>,
 ) -> redis::RedisResult<()> {
     if !link.sharded {
-        let mut pipe = redis::pipe();
-        for op in batch.drain(..) {
-            pipe.add_command(op.cmd).ignore();
-        }
-        let mut conn = conn;
-        return pipe.query_async::<()>(&mut conn).await;
+        return send_pipeline(conn, batch.drain(..)).await;
     }
-    let mut groups: Vec<(String, redis::Pipeline)> = Vec::new();
+    let mut groups: Vec<(String, Vec<LaneOp>)> = Vec::new();
     for op in batch.drain(..) {
         match groups.iter_mut().find(|(g, _)| *g == op.group) {
-            Some((_, pipe)) => {
-                pipe.add_command(op.cmd).ignore();
-            }
-            None => {
-                let mut pipe = redis::pipe();
-                pipe.add_command(op.cmd).ignore();
-                groups.push((op.group, pipe));
-            }
+            Some((_, ops)) => ops.push(op),
+            None => groups.push((op.group.clone(), vec![op])),
         }
     }
-    let sends = groups.iter().map(|(_, pipe)| {
-        let mut conn = conn.clone();
-        async move { pipe.query_async::<()>(&mut conn).await }
-    });
+    let sends = groups
+        .into_iter()
+        .map(|(_, ops)| send_pipeline(conn.clone(), ops.into_iter()));
     futures_util::future::join_all(sends)
         .await
         .into_iter()
         .collect()
+}
+
+/// One pipeline; the replies that were asked for go to their callers (on an
+/// error they get none, and see the link go down).
+async fn send_pipeline(
+    mut conn: Conn,
+    ops: impl Iterator<Item = LaneOp>,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let mut replies = Vec::new();
+    for op in ops {
+        pipe.add_command(op.cmd);
+        match op.reply {
+            Some(r) => replies.push(r),
+            None => {
+                pipe.ignore();
+            }
+        }
+    }
+    let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+    for (reply, value) in replies.into_iter().zip(values) {
+        let _ = reply.send(value);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -68,25 +68,24 @@ redis.call('SET', KEYS[3], '1', 'PX', ARGV[7])
 return others
 "#;
 
-/// The heartbeat of one instance in one room, and its re-announcement
-/// after an outage. KEYS: members, nodes, exists. ARGV: node, dead after
-/// (ms), key TTL (ms), room idle TTL (ms), n, then n `field, value` pairs to
-/// set, then fields to delete. Returns the live node tags.
+/// The heartbeat of one instance in one room, which also (re)writes the
+/// instance's members there: after an outage, or after another instance
+/// took it for dead, its presence comes back by itself. KEYS: members,
+/// nodes, exists. ARGV: node, dead after (ms), key TTL (ms), room idle TTL
+/// (ms), n, then n `field, value` pairs. Returns every member entry that is
+/// alive, as `field, value, ...`.
 const REFRESH_BODY: &str = r#"
 local now = now_ms()
 redis.call('HSET', KEYS[2], ARGV[1], now)
-local live = reap(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), now, false)
 local n = tonumber(ARGV[5])
 for i = 0, n - 1 do
   redis.call('HSET', KEYS[1], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
-for i = 6 + 2 * n, #ARGV do
-  redis.call('HDEL', KEYS[1], ARGV[i])
-end
+local live, kept = reap(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), now, true)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
-return live
+return kept
 "#;
 
 /// A token bucket per key: `capacity` events, refilled continuously over
@@ -112,23 +111,23 @@ redis.call('PEXPIRE', KEYS[1], period)
 return wait
 "#;
 
+/// The scripts, as sources: the presence scripts travel on the publish lane
+/// with `EVAL` (in a Redis Cluster a script loaded with `SCRIPT LOAD` is
+/// known to one shard only; Redis caches the compiled body either way).
 pub(crate) struct Scripts {
-    pub join: redis::Script,
-    pub refresh: redis::Script,
+    pub join: String,
+    pub refresh: String,
+    /// The limiter goes through the pool, where `redis::Script` handles
+    /// `EVALSHA` and loading.
     pub limit: redis::Script,
-    /// The refresh script's source, for `SCRIPT LOAD` on the publish lane
-    /// (which calls it by hash inside pipelines).
-    pub refresh_source: String,
 }
 
 impl Scripts {
     pub fn new() -> Self {
-        let refresh_source = format!("{REAP}{REFRESH_BODY}");
         Scripts {
-            join: redis::Script::new(&format!("{REAP}{JOIN_BODY}")),
-            refresh: redis::Script::new(&refresh_source),
+            join: format!("{REAP}{JOIN_BODY}"),
+            refresh: format!("{REAP}{REFRESH_BODY}"),
             limit: redis::Script::new(LIMIT_BODY),
-            refresh_source,
         }
     }
 }

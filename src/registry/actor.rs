@@ -8,7 +8,7 @@ use actix::prelude::*;
 
 use super::messages::*;
 use crate::metrics::Metrics;
-use crate::room::{Join, JoinRefused, Room, RoomConfig};
+use crate::room::{Flush, Join, JoinRefused, Room, RoomConfig};
 
 /// Registry settings.
 #[derive(Clone)]
@@ -129,6 +129,22 @@ impl Handler<RoomEmpty> for Registry {
                 entry.addr = None;
             }
         }
+    }
+}
+
+impl Handler<FlushRooms> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: FlushRooms, _: &mut Self::Context) -> Self::Result {
+        let flushes: Vec<_> = self
+            .rooms
+            .values()
+            .filter_map(|e| e.addr.as_ref())
+            .map(|a| a.send(Flush))
+            .collect();
+        Box::pin(async move {
+            futures_util::future::join_all(flushes).await;
+        })
     }
 }
 

@@ -54,6 +54,12 @@ pub struct RoomExists {
     pub room: Arc<str>,
 }
 
+/// Waits until every room has handled what was sent to it before (at
+/// shutdown: the leaves of the sessions just closed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushRooms;
+
 /// Test hook: makes the named room's next handler fail.
 #[cfg(feature = "test-hooks")]
 #[derive(Message)]

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::messages::*;
 use crate::bridge::{FromBridge, RedisBridge, Subscribe, Unsubscribe};
-use crate::cluster::keys::{NodeTag, RoomKeys};
-use crate::cluster::redis::{Admission, RedisLink};
+use crate::cluster::keys::RoomKeys;
+use crate::cluster::redis::{Admission, Entry, RedisLink};
 use crate::cluster::wire::{self, Event};
 use crate::ids::new_member_id;
 use crate::metrics::Metrics;
@@ -36,14 +36,10 @@ pub struct ClusterConfig {
     pub(crate) bridge: Addr<RedisBridge>,
 }
 
-/// Members on other instances, as Redis lists them at a join.
-type RemoteList = Vec<(Box<str>, NodeTag)>;
-
 /// A member on another instance.
 struct RemoteMember {
-    node: NodeTag,
     /// When this instance learned of it: a presence refresh sent before
-    /// that cannot have seen it.
+    /// that may not have seen it.
     seen: Instant,
 }
 
@@ -60,6 +56,9 @@ struct ClusterRoom {
     /// their absence from presence is taken for death.
     grace_until: Option<Instant>,
     refreshing: bool,
+    /// Remote members announced as left, and when: a presence read sent
+    /// before that may still list them.
+    gone: HashMap<Arc<str>, Instant>,
 }
 
 pub struct Room {
@@ -99,6 +98,7 @@ impl Room {
             degraded: false,
             grace_until: None,
             refreshing: false,
+            gone: HashMap::new(),
         });
         Room {
             id,
@@ -209,8 +209,12 @@ impl Room {
                         channel: c.keys.channel.clone(),
                         room: ctx.address().recipient(),
                     });
+                    // Behind the members' leaves on the lane, so the others
+                    // see them leave before this instance's heartbeat goes.
+                    c.link.forget_room(&c.keys);
                 }
                 c.degraded = false;
+                c.gone.clear();
                 self.remote.clear();
             }
             self.registry.do_send(RoomEmpty {
@@ -332,7 +336,7 @@ impl Room {
     fn finish_cluster_join(
         &mut self,
         subscribed: bool,
-        res: Result<(Arc<str>, RemoteList), JoinRefused>,
+        res: Result<(Arc<str>, Vec<Entry>), JoinRefused>,
         member: MemberHandle,
         _: &mut Context<Self>,
     ) -> Result<Arc<str>, JoinRefused> {
@@ -350,8 +354,8 @@ impl Room {
             let own = c.link.node;
             self.remote = others
                 .into_iter()
-                .filter(|(_, node)| *node != own)
-                .map(|(m, node)| (Arc::from(m), RemoteMember { node, seen: now }))
+                .filter(|e| e.node != own)
+                .map(|e| (Arc::from(e.member), RemoteMember { seen: now }))
                 .collect();
         }
         self.admit(id.clone(), member);
@@ -370,23 +374,17 @@ impl Room {
                     self.metrics.messages_delivered.inc();
                 }
             }
-            Event::Joined { member, node } => {
+            Event::Joined { member, .. } => {
                 let member: Arc<str> = member.into();
-                if self.members.contains_key(&member) || self.remote.contains_key(&member) {
-                    return; // known already (from Redis at the first join, or re-announced)
-                }
-                self.broadcast(&server::member_joined(&member), None);
-                self.remote.insert(
-                    member,
-                    RemoteMember {
-                        node,
-                        seen: Instant::now(),
-                    },
-                );
+                self.learn_remote(member);
             }
             Event::Left { member } => {
-                if self.remote.remove(&*member).is_some() {
+                let member: Arc<str> = member.into();
+                if self.remote.remove(&member).is_some() {
                     self.announce_left(&member);
+                }
+                if let Some(c) = &mut self.cluster {
+                    c.gone.insert(member, Instant::now());
                 }
             }
         }
@@ -402,7 +400,23 @@ impl Room {
         }
     }
 
-    fn on_link_up(&mut self) {
+    /// A member on another instance, unless it is known already (from
+    /// Redis at the first join, from presence, or re-announced): nobody
+    /// sees `member_joined` twice.
+    fn learn_remote(&mut self, member: Arc<str>) {
+        if self.members.contains_key(&member) || self.remote.contains_key(&member) {
+            return;
+        }
+        self.broadcast(&server::member_joined(&member), None);
+        self.remote.insert(
+            member,
+            RemoteMember {
+                seen: Instant::now(),
+            },
+        );
+    }
+
+    fn on_link_up(&mut self, ctx: &mut Context<Self>) {
         let Some(c) = &mut self.cluster else { return };
         if !c.subscribed || self.members.is_empty() {
             return;
@@ -410,20 +424,22 @@ impl Room {
         // A restarted Redis has forgotten this instance's members, and the
         // other instances may have missed joins: announce them again. The
         // others ignore members they already know, so nobody sees a
-        // member_joined for a member that never left.
-        c.link
-            .reannounce(&c.keys, self.members.keys().map(|k| k.as_ref()));
+        // member_joined for a member that never left. The refresh writes
+        // their presence again and reads everyone else's.
         for id in self.members.keys() {
             c.link.publish(&c.keys, &wire::joined(c.link.node, id));
         }
         c.grace_until = Some(Instant::now() + c.link.timing.restore_grace);
+        c.refreshing = false;
         if std::mem::take(&mut c.degraded) {
             self.broadcast(&server::notice("cluster_restored"), None);
         }
+        self.refresh(ctx);
     }
 
-    /// This instance's presence heartbeat in the room; the answer lists the
-    /// instances alive in it, and members of the others are gone.
+    /// This instance's presence heartbeat in the room. It writes this
+    /// instance's members again and reads everyone's, and the room's view
+    /// of the other instances is reconciled with what Redis holds.
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let Some(c) = &mut self.cluster else { return };
         if !c.subscribed || self.members.is_empty() || c.refreshing || !c.link.is_up() {
@@ -431,35 +447,73 @@ impl Room {
         }
         c.refreshing = true;
         let (link, keys) = (c.link.clone(), c.keys.clone());
+        let members: Vec<Arc<str>> = self.members.keys().cloned().collect();
         let sent = Instant::now();
         ctx.spawn(
-            async move { link.refresh(&keys).await }
-                .into_actor(self)
-                .map(move |res, room, _| {
-                    if let Some(c) = &mut room.cluster {
-                        c.refreshing = false;
+            async move {
+                link.refresh(&keys, members.iter().map(|m| m.as_ref()))
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, room, _| {
+                if let Some(c) = &mut room.cluster {
+                    c.refreshing = false;
+                }
+                match res {
+                    Ok(entries) => room.reconcile(entries, sent),
+                    Err(e) => {
+                        if let Some(c) = &room.cluster {
+                            slog::debug!(c.link.log, "presence refresh failed"; "error" => %e);
+                        }
                     }
-                    if let Ok(live) = res {
-                        room.drop_absent(&live, sent);
-                    }
-                }),
+                }
+            }),
         );
     }
 
-    fn drop_absent(&mut self, live: &[NodeTag], sent: Instant) {
-        let Some(c) = &self.cluster else { return };
-        if !c.subscribed || c.grace_until.is_some_and(|t| Instant::now() < t) {
+    /// Brings the view of the other instances' members in line with the
+    /// presence read by a refresh sent at `sent`: members it lists that the
+    /// channel never announced (missed while the link was down, or written
+    /// back after a false death) join; members it no longer lists (their
+    /// instance died, or their leave was missed) leave. This instance's
+    /// own entries that are no longer members (a leave lost with a failed
+    /// batch, a join that timed out after Redis took it) are removed.
+    fn reconcile(&mut self, entries: Vec<Entry>, sent: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        if !c.subscribed {
             return;
         }
-        let gone: Vec<Arc<str>> = self
-            .remote
+        let own = c.link.node;
+        let stale: Vec<String> = entries
             .iter()
-            .filter(|(_, r)| r.seen < sent && !live.contains(&r.node))
-            .map(|(id, _)| id.clone())
+            .filter(|e| e.node == own && !self.members.contains_key(&*e.member))
+            .map(|e| e.field.clone())
             .collect();
-        for id in gone {
-            self.remote.remove(&id);
-            self.announce_left(&id);
+        c.link.forget_fields(&c.keys, &stale);
+        // A leave announced after the read was sent may not be in it.
+        let keep_for = c.link.timing.heartbeat * 2 + c.link.command_timeout * 2;
+        c.gone.retain(|_, at| at.elapsed() < keep_for);
+        let in_grace = c.grace_until.is_some_and(|t| Instant::now() < t);
+        let listed: std::collections::HashSet<Arc<str>> = entries
+            .into_iter()
+            .filter(|e| e.node != own)
+            .map(|e| Arc::from(e.member))
+            .filter(|m: &Arc<str>| c.gone.get(m).is_none_or(|at| *at <= sent))
+            .collect();
+        if !in_grace {
+            let gone: Vec<Arc<str>> = self
+                .remote
+                .iter()
+                .filter(|(id, r)| r.seen < sent && !listed.contains(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                self.remote.remove(&id);
+                self.announce_left(&id);
+            }
+        }
+        for m in listed {
+            self.learn_remote(m);
         }
     }
 
@@ -559,6 +613,10 @@ impl Actor for Room {
 
 impl Supervised for Room {
     fn restarting(&mut self, _: &mut Self::Context) {
+        // A refresh in flight was dropped with the old context.
+        if let Some(c) = &mut self.cluster {
+            c.refreshing = false;
+        }
         if std::mem::take(&mut self.failed) {
             self.metrics.room_restarts.inc();
             slog::warn!(self.log, "room actor restarted"; "members" => self.members.len());
@@ -594,14 +652,14 @@ impl Handler<FromBridge> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: FromBridge, ctx: &mut Self::Context) {
-        self.guarded(ctx, |room, _| match msg {
+        self.guarded(ctx, |room, ctx| match msg {
             FromBridge::Event(event) => {
                 if room.cluster.as_ref().is_some_and(|c| c.subscribed) {
                     room.on_event(event);
                 }
             }
             FromBridge::Down => room.on_link_down(),
-            FromBridge::Up => room.on_link_up(),
+            FromBridge::Up => room.on_link_up(ctx),
         });
     }
 }
@@ -620,6 +678,12 @@ impl Handler<Leave> for Room {
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
         self.guarded(ctx, |room, ctx| room.leave(msg, ctx));
     }
+}
+
+impl Handler<Flush> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {}
 }
 
 #[cfg(feature = "test-hooks")]

@@ -83,6 +83,12 @@ pub struct Leave {
     pub member: Arc<str>,
 }
 
+/// Answered once every message queued before it has been handled (the
+/// leaves of closed sessions, at shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
 /// Test hook: makes the room fail (a panic in its handler), as a bug would.
 #[cfg(feature = "test-hooks")]
 #[derive(Message)]

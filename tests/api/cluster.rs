@@ -895,3 +895,164 @@ async fn a_redis_cluster_relays_across_instances_with_sharded_pub_sub() {
         End::Closed(4409, "token already used".into())
     );
 }
+
+/// Runs one command on the test's Redis.
+async fn redis_cmd(redis: &RedisServer, cmd: &mut redis::Cmd) -> redis::Value {
+    let mut con = redis.connection().await;
+    cmd.query_async(&mut con).await.expect("a Redis command")
+}
+
+/// Reads frames until `want` has all been seen (in any order); notices
+/// about the link are allowed in between, anything else fails the test.
+async fn expect_frames(c: &mut Client, mut want: Vec<Value>, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !want.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let f = tokio::time::timeout(left, c.recv_json())
+            .await
+            .unwrap_or_else(|_| panic!("still waiting for {want:?}"));
+        if let Some(i) = want.iter().position(|w| *w == f) {
+            want.remove(i);
+        } else {
+            assert_eq!(f["type"], "notice", "unexpected frame {f}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_leave_missed_while_the_subscriptions_were_cut_is_announced_after_the_restore() {
+    let redis = RedisServer::start().await;
+    let a = instance(&redis, &[]).await;
+    let b = instance(&redis, &[]).await;
+    let (room, m) = room_across(&[a.port, b.port, b.port]).await;
+    let [(mut a1, a1_id), (mut b1, b1_id), (mut b2, b2_id)] = members(m);
+    // Redis cuts every subscriber, as it does past its output buffer limit;
+    // b1 leaves while the instances resubscribe.
+    redis_cmd(
+        &redis,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    )
+    .await;
+    b1.send_json(json!({"type": "leave"})).await;
+    b1.expect_close(1000, "leave").await;
+    // Within the restore grace and a refresh, a1 hears of it.
+    expect_frames(&mut a1, vec![left(&b1_id)], TTL * 3 + SLACK).await;
+    // b2, who never left, is still in the room, both ways.
+    a1.send_json(json!({"type": "send", "data": "still one room", "id": "x"}))
+        .await;
+    expect_frames(&mut a1, vec![json!({"type": "ack", "id": "x"})], WAIT).await;
+    expect_frames(
+        &mut b2,
+        vec![
+            left(&b1_id),
+            json!({"type": "message", "from": a1_id, "data": "still one room"}),
+        ],
+        WAIT,
+    )
+    .await;
+    let (_c, w) = join_at(a.port, &room).await;
+    assert_eq!(listed(&w), sorted([a1_id, b2_id]));
+}
+
+#[actix_web::test]
+async fn an_instance_taken_for_dead_by_mistake_comes_back_by_itself() {
+    let redis = RedisServer::start().await;
+    let a = instance(&redis, &[]).await;
+    let b = instance(&redis, &[]).await;
+    let (room, m) = room_across(&[a.port, b.port]).await;
+    let [(mut a1, a1_id), (mut b1, b1_id)] = members(m);
+    // Every heartbeat in Redis looks ancient: the next refresh takes the
+    // other instance for dead and removes its members.
+    let keys: Vec<String> =
+        redis::from_redis_value(redis_cmd(&redis, redis::cmd("KEYS").arg("br:*:n")).await).unwrap();
+    assert!(!keys.is_empty());
+    for k in &keys {
+        let fields: Vec<String> =
+            redis::from_redis_value(redis_cmd(&redis, redis::cmd("HKEYS").arg(k)).await).unwrap();
+        for f in fields {
+            redis_cmd(&redis, redis::cmd("HSET").arg(k).arg(f).arg(1)).await;
+        }
+    }
+    // Whoever was taken for dead writes its presence back with its next
+    // heartbeat, and the other side learns it again: at worst a member_left
+    // then a member_joined, never a member gone for good.
+    let settle = TTL * 2 + SLACK;
+    tokio::time::sleep(settle).await;
+    let (_c, w) = join_at(a.port, &room).await;
+    assert_eq!(listed(&w), sorted([a1_id.clone(), b1_id.clone()]));
+    let new_id = w["member"].as_str().unwrap().to_owned();
+    b1.send_json(json!({"type": "send", "data": "back", "to": a1_id, "id": "d"}))
+        .await;
+    loop {
+        let f = b1.recv_json().await;
+        if f == json!({"type": "ack", "id": "d"}) {
+            break;
+        }
+        assert!(
+            f == joined(&new_id) || f == left(&a1_id) || f == joined(&a1_id),
+            "unexpected {f}"
+        );
+    }
+    loop {
+        let f = a1.recv_json().await;
+        if f["type"] == "message" {
+            assert_eq!(
+                f,
+                json!({"type": "message", "from": b1_id, "data": "back", "direct": true})
+            );
+            break;
+        }
+        assert!(
+            f == joined(&new_id) || f == left(&b1_id) || f == joined(&b1_id),
+            "unexpected {f}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn repeated_link_losses_leave_one_subscription_per_instance_and_no_duplicates() {
+    let redis = RedisServer::start().await;
+    let a = instance(&redis, &[]).await;
+    let b = instance(&redis, &[]).await;
+    let (_room, m) = room_across(&[a.port, b.port]).await;
+    let [(mut a1, a1_id), (mut b1, _)] = members(m);
+    for round in 0..3 {
+        redis_cmd(
+            &redis,
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+        )
+        .await;
+        expect_frames(
+            &mut a1,
+            vec![notice("cluster_degraded"), notice("cluster_restored")],
+            WAIT,
+        )
+        .await;
+        expect_frames(
+            &mut b1,
+            vec![notice("cluster_degraded"), notice("cluster_restored")],
+            WAIT,
+        )
+        .await;
+        let subscribers: String = redis::from_redis_value(
+            redis_cmd(
+                &redis,
+                redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"),
+            )
+            .await,
+        )
+        .unwrap();
+        assert_eq!(
+            subscribers.lines().count(),
+            2,
+            "round {round}: {subscribers}"
+        );
+        a1.send_json(json!({"type": "send", "data": format!("r{round}")}))
+            .await;
+        assert_eq!(
+            b1.recv_json().await,
+            json!({"type": "message", "from": a1_id, "data": format!("r{round}")})
+        );
+        b1.expect_silence(QUIET).await;
+    }
+}

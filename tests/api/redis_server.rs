@@ -70,7 +70,7 @@ impl RedisServer {
         }
     }
 
-    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .expect("a valid Redis URL")
             .get_multiplexed_async_connection()
