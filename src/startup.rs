@@ -192,7 +192,7 @@ impl Application {
         // flushes and closes the connection at once, instead of lingering
         // until the client hangs up (see session::outbound).
         .client_disconnect_timeout(Duration::ZERO)
-        .on_connect(move |conn, _| set_tcp_user_timeout(conn, tcp_user_timeout))
+        .on_connect(move |conn, _| tune_socket(conn, tcp_user_timeout))
         .shutdown_timeout(1)
         .disable_signals()
         .listen(listener)?
@@ -241,14 +241,20 @@ impl Application {
 /// closed) before the kernel drops the connection: a client that stops
 /// reading, or vanishes, cannot hold its connection for the kernel's default
 /// quarter of an hour. Zero keeps the kernel's default.
-fn set_tcp_user_timeout(conn: &dyn std::any::Any, timeout: Duration) {
+///
+/// TCP_NODELAY: a relay writes many small frames back to back; with Nagle's
+/// algorithm a frame written while an earlier one is unacknowledged waits
+/// for the client's delayed ACK (up to 40 ms), in every group message.
+fn tune_socket(conn: &dyn std::any::Any, timeout: Duration) {
+    let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
     if timeout.is_zero() {
         return;
     }
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
-    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout));
-    }
+    let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout));
 }
 
 async fn wait_for_signal() {

@@ -14,7 +14,7 @@ use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::*;
-use crate::cluster::conn::{node_urls, Conn};
+use crate::cluster::conn::{connection_info, node_urls, Conn};
 use crate::cluster::redis::{run_lane, LinkLost, RedisLink};
 use crate::cluster::wire;
 
@@ -309,7 +309,8 @@ async fn connect(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, S
 }
 
 async fn connect_single(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, String> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+    let info = connection_info(&config.url).map_err(|e| e.to_string())?;
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(link.command_timeout));
@@ -351,7 +352,11 @@ async fn connect_single(link: &RedisLink, config: &BridgeConfig) -> Result<Conne
 }
 
 async fn connect_cluster(link: &RedisLink, config: &BridgeConfig) -> Result<Connected, String> {
-    let nodes = node_urls(&config.url, true);
+    let nodes = node_urls(&config.url, true)
+        .iter()
+        .map(|u| connection_info(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let build = |pushes: Option<mpsc::UnboundedSender<PushInfo>>| {
         let mut b = redis::cluster::ClusterClientBuilder::new(nodes.clone())
             .connection_timeout(config.connect_timeout)
