@@ -101,8 +101,10 @@ pub(crate) struct Timing {
     /// Lifetime of a room's presence keys without any refresh.
     pub key_ttl: Duration,
     /// After the link is restored, how long absence from presence is not
-    /// taken for death: every live instance reconnects (within the backoff
-    /// cap) and re-announces in that time.
+    /// taken for a leave: the other live instances reconnect (within the
+    /// jittered backoff cap, 1.5 × `REDIS_RECONNECT_MAX_MS`) and re-announce
+    /// in that time. Capped at `dead_after`, so that an instance that dies
+    /// right after an outage is still announced within the TTL.
     pub restore_grace: Duration,
 }
 
@@ -116,7 +118,7 @@ impl Timing {
             heartbeat,
             dead_after: heartbeat * 3,
             key_ttl: (ttl * 4).max(Duration::from_secs(60)),
-            restore_grace: heartbeat * 5 + reconnect_max * 2,
+            restore_grace: (heartbeat + reconnect_max.mul_f64(1.5)).min(heartbeat * 3),
         }
     }
 }
@@ -769,6 +771,10 @@ mod tests {
         let t = Timing::new(Duration::from_millis(15_000), Duration::from_secs(5));
         assert_eq!(t.heartbeat, Duration::from_millis(3_000));
         assert!(t.dead_after + t.heartbeat < Duration::from_millis(15_000));
+        // Dead right after an outage: grace, then the next refresh.
+        assert!(t.restore_grace + t.heartbeat < Duration::from_millis(15_000));
+        // Others reconnect within 1.5 x the backoff cap after this one.
+        assert!(t.restore_grace >= Duration::from_millis(7_500));
         assert!(t.key_ttl >= Duration::from_millis(60_000));
     }
 }

@@ -18,7 +18,7 @@ pub const TTL: Duration = Duration::from_millis(1500);
 /// Settings every cluster instance in these tests shares (with `REDIS_URL`).
 pub const CLUSTER: &[(&str, &str)] = &[
     ("PRESENCE_TTL_MS", "1500"),
-    ("REDIS_COMMAND_TIMEOUT_MS", "500"),
+    ("REDIS_COMMAND_TIMEOUT_MS", "2000"),
     ("REDIS_CONNECT_TIMEOUT", "500"),
     ("REDIS_RECONNECT_MAX_MS", "300"),
     // The tests poll the probes and open many sessions from one address.
