@@ -326,7 +326,8 @@ async fn a_direct_message_to_nobody_in_a_cluster_room_is_an_unknown_member() {
 
 #[actix_web::test]
 async fn each_sender_s_messages_arrive_in_order_across_instances() {
-    const N: usize = 100;
+    // 1,000 messages from each of two senders, on different instances.
+    const N: usize = 1000;
     let redis = RedisServer::start().await;
     let limits = [("MAX_MSGS_PER_10S", "100000")];
     let a = instance(&redis, &limits).await;
