@@ -64,6 +64,7 @@ pub struct Settings {
     pub redis_reconnect_max_ms: u64,
     pub redis_pool_size: usize,
     pub redis_publish_buffer_bytes: usize,
+    pub redis_receive_buffer_bytes: usize,
 
     pub join_token_secret: Vec<u8>,
     /// True when no secret was configured and one was generated (development).
@@ -466,6 +467,12 @@ impl Settings {
             redis_command_timeout_ms: s.num("REDIS_COMMAND_TIMEOUT_MS", 2_000u64, 10, 600_000)?,
             redis_reconnect_max_ms: s.num("REDIS_RECONNECT_MAX_MS", 5_000u64, 10, 600_000)?,
             redis_pool_size: s.num("REDIS_POOL_SIZE", 16usize, 1, 1024)?,
+            redis_receive_buffer_bytes: s.num(
+                "REDIS_RECEIVE_BUFFER_BYTES",
+                16 * 1024 * 1024usize,
+                max_message_bytes + 4096,
+                usize::MAX,
+            )?,
             redis_publish_buffer_bytes: s.num(
                 "REDIS_PUBLISH_BUFFER_BYTES",
                 64 * 1024 * 1024usize,

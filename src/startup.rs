@@ -88,6 +88,7 @@ impl Application {
                         connect_timeout: Duration::from_millis(s.redis_connect_timeout_ms),
                         reconnect_max: Duration::from_millis(s.redis_reconnect_max_ms),
                         ready_check: s.redis_enable_ready_check,
+                        receive_limit: s.redis_receive_buffer_bytes,
                     },
                 )
                 .start();
@@ -289,6 +290,21 @@ impl AppHandle {
         self.inject(room, true).await
     }
 
+    /// Test hook: blocks the room's thread for `d`, as a room that falls
+    /// behind would be.
+    #[cfg(feature = "test-hooks")]
+    pub async fn stall_room(&self, room: &str, d: Duration) -> bool {
+        self.state
+            .registry
+            .send(crate::registry::FailRoom {
+                room: room.into(),
+                on_next_join: false,
+                stall: Some(d),
+            })
+            .await
+            .unwrap_or(false)
+    }
+
     #[cfg(feature = "test-hooks")]
     async fn inject(&self, room: &str, on_next_join: bool) -> bool {
         self.state
@@ -296,6 +312,7 @@ impl AppHandle {
             .send(crate::registry::FailRoom {
                 room: room.into(),
                 on_next_join,
+                stall: None,
             })
             .await
             .unwrap_or(false)

@@ -1,6 +1,7 @@
 //! The bridge actor.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ pub(crate) struct BridgeConfig {
     pub connect_timeout: Duration,
     pub reconnect_max: Duration,
     pub ready_check: bool,
+    /// `REDIS_RECEIVE_BUFFER_BYTES`: a room's backlog of publications.
+    pub receive_limit: usize,
 }
 
 enum SubOp {
@@ -99,11 +102,17 @@ struct Connected {
     conn: Conn,
 }
 
+/// A subscribed room.
+struct Route {
+    room: Recipient<FromBridge>,
+    inbound: Arc<Inbound>,
+}
+
 pub(crate) struct RedisBridge {
     link: Arc<RedisLink>,
     config: BridgeConfig,
     /// Channel -> the room subscribed to it.
-    routes: HashMap<String, Recipient<FromBridge>>,
+    routes: HashMap<String, Route>,
     /// Serialised SUBSCRIBE/UNSUBSCRIBE on the current connection.
     subs: Option<mpsc::UnboundedSender<SubOp>>,
     /// Bumped at each new connection, so that the end of an old one is not
@@ -229,8 +238,8 @@ impl RedisBridge {
                 slog::info!(act.log, "cluster link up"; "rooms" => act.routes.len());
             }
             act.was_up = true;
-            for room in act.routes.values() {
-                room.do_send(FromBridge::Up);
+            for route in act.routes.values() {
+                route.room.do_send(FromBridge::Up);
             }
         }));
     }
@@ -246,8 +255,8 @@ impl RedisBridge {
         self.subs = None;
         self.stream_cancel = None;
         self.down_since = Some(Instant::now());
-        for room in self.routes.values() {
-            room.do_send(FromBridge::Down);
+        for route in self.routes.values() {
+            route.room.do_send(FromBridge::Down);
         }
         let wait = jitter(FIRST_BACKOFF);
         self.backoff = FIRST_BACKOFF * 2;
@@ -485,7 +494,13 @@ impl Handler<Subscribe> for RedisBridge {
         };
         let channel = msg.channel.clone();
         let room = msg.room.clone();
-        self.routes.insert(msg.channel.clone(), msg.room);
+        self.routes.insert(
+            msg.channel.clone(),
+            Route {
+                room: msg.room,
+                inbound: msg.inbound,
+            },
+        );
         let subscribe = async move {
             let (reply, done) = oneshot::channel();
             subs.send(SubOp::Subscribe(vec![msg.channel], reply))
@@ -495,7 +510,7 @@ impl Handler<Subscribe> for RedisBridge {
         Box::pin(subscribe.into_actor(self).map(move |res, act, _| {
             // A failed subscribe leaves no route behind: the room rolls the
             // join back and is retired.
-            if res.is_err() && act.routes.get(&channel) == Some(&room) {
+            if res.is_err() && act.routes.get(&channel).is_some_and(|r| r.room == room) {
                 act.routes.remove(&channel);
             }
             res
@@ -507,7 +522,11 @@ impl Handler<Unsubscribe> for RedisBridge {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
-        if self.routes.get(&msg.channel) != Some(&msg.room) {
+        if self
+            .routes
+            .get(&msg.channel)
+            .is_none_or(|r| r.room != msg.room)
+        {
             return;
         }
         self.routes.remove(&msg.channel);
@@ -540,12 +559,27 @@ impl Handler<Incoming> for RedisBridge {
             self.lost("the subscription connection closed", ctx);
             return;
         };
-        let Some(room) = self.routes.get(&m.channel) else {
+        let Some(route) = self.routes.get(&m.channel) else {
             return;
         };
-        if let Some(event) = wire::decode(m.payload) {
-            self.link.metrics.cluster_received.inc();
-            room.do_send(FromBridge::Event(event));
+        let len = m.payload.len();
+        let Some(event) = wire::decode(m.payload) else {
+            return;
+        };
+        self.link.metrics.cluster_received.inc();
+        let inbound = &route.inbound;
+        if inbound.overflowed.load(Ordering::Acquire) {
+            return; // dropped: the room will tell its members
         }
+        if inbound.bytes.load(Ordering::Acquire) + len > self.config.receive_limit {
+            inbound.overflowed.store(true, Ordering::Release);
+            self.link.metrics.redis_errors.inc();
+            slog::warn!(self.log, "a room fell behind its publications; dropping until it catches up";
+                "limit_bytes" => self.config.receive_limit);
+            route.room.do_send(FromBridge::Overflow);
+            return;
+        }
+        inbound.bytes.fetch_add(len, Ordering::AcqRel);
+        route.room.do_send(FromBridge::Event(event, len));
     }
 }

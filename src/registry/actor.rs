@@ -179,6 +179,7 @@ impl Handler<FailRoom> for Registry {
         match self.rooms.get(&msg.room).and_then(|e| e.addr.as_ref()) {
             Some(addr) => {
                 addr.do_send(crate::room::InjectFailure {
+                    stall: msg.stall,
                     on_next_join: msg.on_next_join,
                 });
                 true

@@ -65,6 +65,8 @@ pub struct FlushRooms;
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct FailRoom {
+    /// Block the room's thread this long instead of failing.
+    pub stall: Option<std::time::Duration>,
     /// The room to break.
     pub room: Arc<str>,
     /// Fail in the room's next join instead of right away.

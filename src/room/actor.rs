@@ -10,7 +10,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::messages::*;
-use crate::bridge::{FromBridge, RedisBridge, Subscribe, Unsubscribe};
+use crate::bridge::{FromBridge, Inbound, RedisBridge, Subscribe, Unsubscribe};
 use crate::cluster::keys::RoomKeys;
 use crate::cluster::redis::{Admission, Entry, RedisLink};
 use crate::cluster::wire::{self, Event};
@@ -59,6 +59,8 @@ struct ClusterRoom {
     /// Remote members announced as left, and when: a presence read sent
     /// before that may still list them.
     gone: HashMap<Arc<str>, Instant>,
+    /// Publications handed over by the bridge and not yet handled.
+    inbound: Arc<Inbound>,
 }
 
 pub struct Room {
@@ -99,6 +101,7 @@ impl Room {
             grace_until: None,
             refreshing: false,
             gone: HashMap::new(),
+            inbound: Arc::default(),
         });
         Room {
             id,
@@ -289,6 +292,7 @@ impl Room {
         let id = self.fresh_member_id();
         let need_sub = !c.subscribed;
         let (link, bridge, keys) = (c.link.clone(), c.bridge.clone(), c.keys.clone());
+        let inbound = c.inbound.clone();
         let me = ctx.address().recipient::<FromBridge>();
         let max = self.config.max_members;
         let work = async move {
@@ -296,6 +300,7 @@ impl Room {
                 let sub = bridge.send(Subscribe {
                     channel: keys.channel.clone(),
                     room: me,
+                    inbound,
                 });
                 match sub.await {
                     Ok(Ok(())) => {}
@@ -414,6 +419,30 @@ impl Room {
                 seen: Instant::now(),
             },
         );
+    }
+
+    /// The room fell too far behind the other instances' publications and
+    /// some were dropped: its members are told they may have missed
+    /// messages, and its view is read again from Redis. The room has caught
+    /// up by now (this message was queued behind the backlog).
+    fn on_overflow(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = &mut self.cluster else { return };
+        c.inbound.overflowed.store(false, Ordering::Release);
+        if !c.subscribed || self.members.is_empty() {
+            return;
+        }
+        let link_up = c.link.is_up();
+        let already = std::mem::replace(&mut c.degraded, !link_up);
+        if !already {
+            self.broadcast(&server::notice("cluster_degraded"), None);
+        }
+        if link_up {
+            self.broadcast(&server::notice("cluster_restored"), None);
+            if let Some(c) = &mut self.cluster {
+                c.refreshing = false;
+            }
+            self.refresh(ctx);
+        }
     }
 
     fn on_link_up(&mut self, ctx: &mut Context<Self>) {
@@ -653,11 +682,15 @@ impl Handler<FromBridge> for Room {
 
     fn handle(&mut self, msg: FromBridge, ctx: &mut Self::Context) {
         self.guarded(ctx, |room, ctx| match msg {
-            FromBridge::Event(event) => {
-                if room.cluster.as_ref().is_some_and(|c| c.subscribed) {
-                    room.on_event(event);
+            FromBridge::Event(event, len) => {
+                if let Some(c) = &room.cluster {
+                    c.inbound.bytes.fetch_sub(len, Ordering::AcqRel);
+                    if c.subscribed {
+                        room.on_event(event);
+                    }
                 }
             }
+            FromBridge::Overflow => room.on_overflow(ctx),
             FromBridge::Down => room.on_link_down(),
             FromBridge::Up => room.on_link_up(ctx),
         });
@@ -691,6 +724,10 @@ impl Handler<InjectFailure> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: InjectFailure, ctx: &mut Self::Context) {
+        if let Some(d) = msg.stall {
+            std::thread::sleep(d);
+            return;
+        }
         if msg.on_next_join {
             self.fail_next_join = true;
         } else {

@@ -94,6 +94,9 @@ pub struct Flush;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct InjectFailure {
+    /// Instead of failing, block the room's thread this long (a room that
+    /// falls behind).
+    pub stall: Option<std::time::Duration>,
     /// Fail in the next `Join` instead of right away.
     pub on_next_join: bool,
 }

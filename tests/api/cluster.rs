@@ -1057,3 +1057,55 @@ async fn repeated_link_losses_leave_one_subscription_per_instance_and_no_duplica
         b1.expect_silence(QUIET).await;
     }
 }
+
+#[actix_web::test]
+async fn a_room_that_falls_behind_the_other_instances_tells_its_members_and_catches_up() {
+    let redis = RedisServer::start().await;
+    // The smallest backlog allowed: one maximal frame.
+    let small = [
+        ("MAX_MESSAGE_BYTES", "1024"),
+        ("MAX_BYTES_PER_10S", "1000000"),
+        ("MAX_MSGS_PER_10S", "100000"),
+        ("REDIS_RECEIVE_BUFFER_BYTES", "5120"),
+    ];
+    let a = instance(&redis, &small).await;
+    let b = instance(&redis, &small).await;
+    let (room, m) = room_across(&[a.port, b.port]).await;
+    let [(mut a1, _), (mut b1, b1_id)] = members(m);
+    // A's room thread stops for a while; B's member keeps talking.
+    let stall = Duration::from_millis(700);
+    let stalled = {
+        let h = a.handle.clone();
+        let room = room.clone();
+        actix_rt::spawn(async move { h.stall_room(&room, stall).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let data = "x".repeat(1000);
+    for i in 0..20 {
+        b1.send_json(json!({"type": "send", "data": format!("{i:02}{data}")}))
+            .await;
+    }
+    assert!(stalled.await.unwrap());
+    // a1 gets some of them, in order, then is told it missed some...
+    let mut last = -1i64;
+    loop {
+        let f = a1.recv_json().await;
+        if f == notice("cluster_degraded") {
+            break;
+        }
+        assert_eq!(f["type"], "message", "{f}");
+        let i: i64 = f["data"].as_str().unwrap()[..2].parse().unwrap();
+        assert!(i > last, "in order");
+        last = i;
+    }
+    assert!(last < 19, "some were dropped, or no notice was due");
+    assert_eq!(a1.recv_json().await, notice("cluster_restored"));
+    // ...and the room goes on.
+    b1.send_json(json!({"type": "send", "data": "after", "id": "z"}))
+        .await;
+    assert_eq!(
+        a1.recv_json().await,
+        json!({"type": "message", "from": b1_id, "data": "after"})
+    );
+    assert!(a.metric("blindrelay_redis_errors_total").await >= 1.0);
+}
