@@ -204,6 +204,15 @@ pub mod server {
     /// The hot path: written straight behind its WebSocket header, so the
     /// payload is copied once.
     pub fn message(from: &str, raw_data: &str, direct: bool) -> Bytes {
+        let mut buf = BytesMut::new();
+        write_message(&mut buf, from, raw_data, direct);
+        buf.freeze()
+    }
+
+    /// Appends the `message` frame to `buf` (in cluster mode, behind the
+    /// header of the payload for the other instances, so that one buffer
+    /// serves both).
+    pub fn write_message(buf: &mut BytesMut, from: &str, raw_data: &str, direct: bool) {
         const HEAD: &str = r#"{"type":"message","from":""#;
         const DATA: &str = r#"","data":"#;
         const DIRECT: &str = r#","direct":true"#;
@@ -213,7 +222,7 @@ pub mod server {
             + raw_data.len()
             + if direct { DIRECT.len() } else { 0 }
             + 1;
-        let mut buf = BytesMut::with_capacity(len + 10);
+        buf.reserve(len + 10);
         buf.put_u8(0x81); // FIN + text
         if len < 126 {
             buf.put_u8(len as u8);
@@ -231,7 +240,6 @@ pub mod server {
             buf.put_slice(DIRECT.as_bytes());
         }
         buf.put_u8(b'}');
-        buf.freeze()
     }
 
     pub fn welcome<'m>(room: &str, member: &str, others: impl Iterator<Item = &'m str>) -> Bytes {

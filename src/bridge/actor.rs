@@ -329,14 +329,9 @@ async fn connect_single(link: &RedisLink, config: &BridgeConfig) -> Result<Conne
         .map_err(|e| e.to_string())?;
     if config.ready_check {
         // A Redis still loading its dataset answers LOADING to commands.
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if info.lines().any(|l| l.trim() == "loading:1") {
-            return Err("Redis is loading its dataset".to_owned());
-        }
+        let mut info = redis::cmd("INFO");
+        info.arg("persistence");
+        check_ready(&mut conn, info, "loading:0", "Redis is loading its dataset").await?;
     }
     let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
     let (sink, stream) = pubsub.split();
@@ -382,14 +377,15 @@ async fn connect_cluster(link: &RedisLink, config: &BridgeConfig) -> Result<Conn
         .await
         .map_err(|e| e.to_string())?;
     if config.ready_check {
-        let info: String = redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
-            return Err("the Redis Cluster is not in state ok".to_owned());
-        }
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        check_ready(
+            &mut conn,
+            info,
+            "cluster_state:ok",
+            "the Redis Cluster is not in state ok",
+        )
+        .await?;
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let sub = build(Some(tx))?
@@ -417,6 +413,22 @@ async fn connect_cluster(link: &RedisLink, config: &BridgeConfig) -> Result<Conn
         stream,
         conn: Conn::Cluster(conn),
     })
+}
+
+/// `REDIS_ENABLE_READY_CHECK`: the answer to `info` must have the line
+/// `want`, or the connection does not count yet.
+async fn check_ready(
+    conn: &mut impl redis::aio::ConnectionLike,
+    info: redis::Cmd,
+    want: &str,
+    not_ready: &str,
+) -> Result<(), String> {
+    let text: String = info.query_async(conn).await.map_err(|e| e.to_string())?;
+    if text.lines().any(|l| l.trim() == want) {
+        Ok(())
+    } else {
+        Err(not_ready.to_owned())
+    }
 }
 
 /// The channel and payload of an `smessage` push; `None` for any other push
@@ -555,7 +567,6 @@ impl Handler<Incoming> for RedisBridge {
             // Redis closed the subscription (restart, or its output buffer
             // limit for a subscriber that fell behind).
             self.stream_ended = true;
-            self.link.set_down();
             self.lost("the subscription connection closed", ctx);
             return;
         };

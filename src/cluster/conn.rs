@@ -36,39 +36,44 @@ pub(crate) fn connection_info(url: &str) -> redis::RedisResult<redis::Connection
     ))
 }
 
+/// `ConnectionLike` for an enum whose variants each hold a connection.
+macro_rules! delegate_connection_like {
+    ($ty:ident) => {
+        impl ConnectionLike for $ty {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    $ty::Single(c) => c.req_packed_command(cmd),
+                    $ty::Cluster(c) => c.req_packed_command(cmd),
+                }
+            }
+
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                cmd: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    $ty::Single(c) => c.req_packed_commands(cmd, offset, count),
+                    $ty::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+                }
+            }
+
+            fn get_db(&self) -> i64 {
+                match self {
+                    $ty::Single(c) => c.get_db(),
+                    $ty::Cluster(c) => c.get_db(),
+                }
+            }
+        }
+    };
+}
+
 /// A multiplexed connection: to one Redis, or to every shard of a cluster.
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
 }
 
 /// The pool for request/response commands.
@@ -116,30 +121,5 @@ impl Pool {
     }
 }
 
-impl ConnectionLike for Pooled {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Pooled::Single(c) => c.req_packed_command(cmd),
-            Pooled::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Pooled::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Pooled::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Pooled::Single(c) => c.get_db(),
-            Pooled::Cluster(c) => c.get_db(),
-        }
-    }
-}
+delegate_connection_like!(Conn);
+delegate_connection_like!(Pooled);

@@ -593,19 +593,8 @@ impl RedisLink {
         max_members: usize,
     ) -> Result<Admission, RedisError> {
         let (field, value) = self.presence_entry(keys, member);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(&self.scripts.join)
-            .arg(3)
-            .arg(&keys.members)
-            .arg(&keys.nodes)
-            .arg(&keys.exists)
-            .arg(&self.node_text)
-            .arg(field)
-            .arg(value)
-            .arg(max_members)
-            .arg(self.timing.dead_after.as_millis() as u64)
-            .arg(self.timing.key_ttl.as_millis() as u64)
-            .arg(self.idle_ttl.as_millis() as u64);
+        let mut cmd = self.presence_script(&self.scripts.join, keys);
+        cmd.arg(field).arg(value).arg(max_members);
         let reply: Vec<redis::Value> = redis::from_redis_value(self.call(keys, cmd, 256).await?)?;
         let mut it = reply.into_iter();
         match it.next() {
@@ -613,6 +602,22 @@ impl RedisLink {
             _ => return Ok(Admission::Full),
         }
         Ok(Admission::Admitted(self.entries(keys, it)))
+    }
+
+    /// A presence script call with its keys and shared arguments (see
+    /// [`super::scripts`]); the caller adds the script's own.
+    fn presence_script(&self, source: &str, keys: &RoomKeys) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(source)
+            .arg(3)
+            .arg(&keys.members)
+            .arg(&keys.nodes)
+            .arg(&keys.exists)
+            .arg(&self.node_text)
+            .arg(self.timing.dead_after.as_millis() as u64)
+            .arg(self.timing.key_ttl.as_millis() as u64)
+            .arg(self.idle_ttl.as_millis() as u64);
+        cmd
     }
 
     /// Decodes `field, value, ...` pairs; what does not decode is skipped.
@@ -652,17 +657,8 @@ impl RedisLink {
         members: impl Iterator<Item = &'a str>,
     ) -> Result<Vec<Entry>, RedisError> {
         let pairs: Vec<(String, String)> = members.map(|m| self.presence_entry(keys, m)).collect();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(&self.scripts.refresh)
-            .arg(3)
-            .arg(&keys.members)
-            .arg(&keys.nodes)
-            .arg(&keys.exists)
-            .arg(&self.node_text)
-            .arg(self.timing.dead_after.as_millis() as u64)
-            .arg(self.timing.key_ttl.as_millis() as u64)
-            .arg(self.idle_ttl.as_millis() as u64)
-            .arg(pairs.len());
+        let mut cmd = self.presence_script(&self.scripts.refresh, keys);
+        cmd.arg(pairs.len());
         for (f, v) in &pairs {
             cmd.arg(f).arg(v);
         }

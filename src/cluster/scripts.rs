@@ -3,89 +3,81 @@
 //! and on one Redis Cluster shard alike. Times come from Redis's clock
 //! (`TIME`), so instances' clocks need not agree.
 
-/// Shared by the presence scripts: removes instances whose heartbeat is
-/// older than `dead_after` ms, and the members they owned (members whose
-/// owner is not listed at all are orphans and go too). Returns the live
-/// node tags and the remaining `field, value` pairs (when `want_members`).
-const REAP: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function reap(mkey, nkey, self, dead_after, now, want_members)
-  local nodes = redis.call('HGETALL', nkey)
-  local live, alive = {}, {}
-  local dead = false
-  alive[self] = true
+/// Shared by the presence scripts, which take the same keys and the same
+/// first arguments. KEYS: members, nodes, exists. ARGV: node, dead after
+/// (ms), key TTL (ms), room idle TTL (ms), then the script's own.
+///
+/// `reap` removes instances whose heartbeat is older than the dead-after
+/// time, and the members they owned (members whose owner is not listed at
+/// all are orphans and go too), and returns the remaining `field, value`
+/// pairs. `beat` records this instance's heartbeat and keeps the room's
+/// keys alive (call it after writing members, so that they get a TTL).
+const PRESENCE: &str = r#"
+local node, dead_after = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function reap()
+  local nodes = redis.call('HGETALL', KEYS[2])
+  local alive = {[node] = true}
   for i = 1, #nodes, 2 do
-    if nodes[i] == self or now - tonumber(nodes[i + 1]) <= dead_after then
+    if nodes[i] == node or now - tonumber(nodes[i + 1]) <= dead_after then
       alive[nodes[i]] = true
-      table.insert(live, nodes[i])
     else
-      dead = true
-      redis.call('HDEL', nkey, nodes[i])
+      redis.call('HDEL', KEYS[2], nodes[i])
     end
   end
   local kept = {}
-  if dead or want_members then
-    local all = redis.call('HGETALL', mkey)
-    for i = 1, #all, 2 do
-      if alive[string.sub(all[i + 1], 1, 22)] then
-        table.insert(kept, all[i])
-        table.insert(kept, all[i + 1])
-      else
-        redis.call('HDEL', mkey, all[i])
-      end
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if alive[string.sub(all[i + 1], 1, 22)] then
+      table.insert(kept, all[i])
+      table.insert(kept, all[i + 1])
+    else
+      redis.call('HDEL', KEYS[1], all[i])
     end
   end
-  return live, kept
+  return kept
+end
+local function beat()
+  redis.call('HSET', KEYS[2], node, now)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
 end
 "#;
 
-/// Takes a place in a room if there is one.
-/// KEYS: members, nodes, exists. ARGV: node, field, value, max members,
-/// dead after (ms), key TTL (ms), room idle TTL (ms).
-/// Returns `{0}` when the room is full, else `{1, field, value, ...}` with
-/// the other members.
+/// Takes a place in a room if there is one. ARGV after the shared ones:
+/// field, value, max members. Returns `{0}` when the room is full, else
+/// `{1, field, value, ...}` with the other members.
 const JOIN_BODY: &str = r#"
-local now = now_ms()
-local live, kept = reap(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[5]), now, true)
+local field, value, max = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local kept = reap()
 local others = {1}
 for i = 1, #kept, 2 do
-  if kept[i] ~= ARGV[2] then
+  if kept[i] ~= field then
     table.insert(others, kept[i])
     table.insert(others, kept[i + 1])
   end
 end
-if (#others - 1) / 2 >= tonumber(ARGV[4]) then
+if (#others - 1) / 2 >= max then
   return {0}
 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], now)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[7])
+redis.call('HSET', KEYS[1], field, value)
+beat()
 return others
 "#;
 
 /// The heartbeat of one instance in one room, which also (re)writes the
 /// instance's members there: after an outage, or after another instance
-/// took it for dead, its presence comes back by itself. KEYS: members,
-/// nodes, exists. ARGV: node, dead after (ms), key TTL (ms), room idle TTL
-/// (ms), n, then n `field, value` pairs. Returns every member entry that is
-/// alive, as `field, value, ...`.
+/// took it for dead, its presence comes back by itself. ARGV after the
+/// shared ones: n, then n `field, value` pairs. Returns every member entry
+/// that is alive, as `field, value, ...`.
 const REFRESH_BODY: &str = r#"
-local now = now_ms()
-redis.call('HSET', KEYS[2], ARGV[1], now)
-local n = tonumber(ARGV[5])
-for i = 0, n - 1 do
+for i = 0, tonumber(ARGV[5]) - 1 do
   redis.call('HSET', KEYS[1], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
-local live, kept = reap(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), now, true)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
-return kept
+beat()
+return reap()
 "#;
 
 /// A token bucket per key: `capacity` events, refilled continuously over
@@ -125,8 +117,8 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Scripts {
-            join: format!("{REAP}{JOIN_BODY}"),
-            refresh: format!("{REAP}{REFRESH_BODY}"),
+            join: format!("{PRESENCE}{JOIN_BODY}"),
+            refresh: format!("{PRESENCE}{REFRESH_BODY}"),
             limit: redis::Script::new(LIMIT_BODY),
         }
     }

@@ -30,7 +30,7 @@ pub(crate) enum Event {
     /// A direct message for one member.
     Direct { to: Box<str>, frame: Bytes },
     /// A member joined on the origin instance.
-    Joined { member: Box<str>, node: NodeTag },
+    Joined { member: Box<str> },
     /// A member left (or was disconnected) on the origin instance.
     Left { member: Box<str> },
 }
@@ -50,17 +50,16 @@ fn put_id(b: &mut BytesMut, id: &str) {
     b.put_slice(id.as_bytes());
 }
 
-pub(crate) fn broadcast(origin: NodeTag, frame: &[u8]) -> Bytes {
-    let mut b = header(b'M', origin, frame.len());
-    b.put_slice(frame);
-    b.freeze()
+/// The start of a broadcast payload; the caller appends the frame.
+pub(crate) fn broadcast_header(origin: NodeTag) -> BytesMut {
+    header(b'M', origin, 0)
 }
 
-pub(crate) fn direct(origin: NodeTag, to: &str, frame: &[u8]) -> Bytes {
-    let mut b = header(b'D', origin, 1 + to.len() + frame.len());
+/// The start of a direct-message payload; the caller appends the frame.
+pub(crate) fn direct_header(origin: NodeTag, to: &str) -> BytesMut {
+    let mut b = header(b'D', origin, 1 + to.len());
     put_id(&mut b, to);
-    b.put_slice(frame);
-    b.freeze()
+    b
 }
 
 pub(crate) fn joined(origin: NodeTag, member: &str) -> Bytes {
@@ -97,7 +96,7 @@ fn take_id(payload: &Bytes, at: usize) -> Option<(Box<str>, usize)> {
 
 /// Decodes a payload; `None` for anything malformed (it is dropped).
 pub(crate) fn decode(payload: Bytes) -> Option<Event> {
-    let node = origin(&payload)?;
+    origin(&payload)?;
     match payload[1] {
         b'M' => Some(Event::Broadcast {
             frame: payload.slice(HEADER..),
@@ -111,7 +110,7 @@ pub(crate) fn decode(payload: Bytes) -> Option<Event> {
         }
         b'J' => {
             let (member, _) = take_id(&payload, HEADER)?;
-            Some(Event::Joined { member, node })
+            Some(Event::Joined { member })
         }
         b'L' => {
             let (member, _) = take_id(&payload, HEADER)?;
@@ -129,14 +128,18 @@ mod tests {
     fn every_kind_round_trips() {
         let n = NodeTag::random();
         let frame = b"\x81\x05hello";
+        let with_frame = |mut b: BytesMut| {
+            b.put_slice(frame);
+            b.freeze()
+        };
         assert_eq!(
-            decode(broadcast(n, frame)),
+            decode(with_frame(broadcast_header(n))),
             Some(Event::Broadcast {
                 frame: Bytes::from_static(frame)
             })
         );
         assert_eq!(
-            decode(direct(n, "bob", frame)),
+            decode(with_frame(direct_header(n, "bob"))),
             Some(Event::Direct {
                 to: "bob".into(),
                 frame: Bytes::from_static(frame)
@@ -145,8 +148,7 @@ mod tests {
         assert_eq!(
             decode(joined(n, "ann")),
             Some(Event::Joined {
-                member: "ann".into(),
-                node: n
+                member: "ann".into()
             })
         );
         assert_eq!(

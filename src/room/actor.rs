@@ -228,12 +228,18 @@ impl Room {
         }
     }
 
-    fn join(&mut self, msg: Join, ctx: &Context<Self>) -> Result<Arc<str>, JoinRefused> {
+    /// Counts a join for the registry's retirement handshake (and fails
+    /// here when a test asked for it).
+    fn count_join(&mut self) {
         self.joins_seen += 1;
         #[cfg(feature = "test-hooks")]
         if std::mem::take(&mut self.fail_next_join) {
             panic!("injected room failure");
         }
+    }
+
+    fn join(&mut self, msg: Join, ctx: &Context<Self>) -> Result<Arc<str>, JoinRefused> {
+        self.count_join();
         if self.members.len() >= self.config.max_members {
             self.after_leave(ctx);
             return Err(JoinRefused::RoomFull);
@@ -277,11 +283,7 @@ impl Room {
         msg: Join,
         ctx: &mut Context<Self>,
     ) -> ActorResponse<Self, Result<Arc<str>, JoinRefused>> {
-        self.joins_seen += 1;
-        #[cfg(feature = "test-hooks")]
-        if std::mem::take(&mut self.fail_next_join) {
-            panic!("injected room failure");
-        }
+        self.count_join();
         let Some(c) = &self.cluster else {
             return ActorResponse::reply(Err(JoinRefused::Unavailable));
         };
@@ -379,7 +381,7 @@ impl Room {
                     self.metrics.messages_delivered.inc();
                 }
             }
-            Event::Joined { member, .. } => {
+            Event::Joined { member } => {
                 let member: Arc<str> = member.into();
                 self.learn_remote(member);
             }
@@ -553,16 +555,23 @@ impl Room {
         let delivered = match msg.to.as_deref() {
             None => {
                 self.count_received(msg.data_len);
-                let frame = server::message(&msg.from, &msg.data, false);
-                let delivered = self.broadcast(&frame, Some(&msg.from));
-                if let Some(c) = &self.cluster {
-                    // Published even when no other instance is known to have
-                    // members: one may have admitted a member whose
-                    // announcement is still on its way.
-                    c.link
-                        .publish(&c.keys, &wire::broadcast(c.link.node, &frame));
-                }
-                delivered
+                let frame = match &self.cluster {
+                    None => server::message(&msg.from, &msg.data, false),
+                    Some(c) => {
+                        // One buffer: the payload for the other instances,
+                        // whose tail is the frame for the local members.
+                        // Published even when no other instance is known to
+                        // have members: one may have admitted a member whose
+                        // announcement is still on its way.
+                        let mut buf = wire::broadcast_header(c.link.node);
+                        let at = buf.len();
+                        server::write_message(&mut buf, &msg.from, &msg.data, false);
+                        let payload = buf.freeze();
+                        c.link.publish(&c.keys, &payload);
+                        payload.slice(at..)
+                    }
+                };
+                self.broadcast(&frame, Some(&msg.from))
             }
             Some(to) if to != &*msg.from && self.members.contains_key(to) => {
                 self.count_received(msg.data_len);
@@ -572,9 +581,9 @@ impl Room {
             Some(to) if to != &*msg.from && self.remote.contains_key(to) => {
                 self.count_received(msg.data_len);
                 if let Some(c) = &self.cluster {
-                    let frame = server::message(&msg.from, &msg.data, true);
-                    c.link
-                        .publish(&c.keys, &wire::direct(c.link.node, to, &frame));
+                    let mut buf = wire::direct_header(c.link.node, to);
+                    server::write_message(&mut buf, &msg.from, &msg.data, true);
+                    c.link.publish(&c.keys, &buf.freeze());
                 }
                 0
             }

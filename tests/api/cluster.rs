@@ -133,6 +133,33 @@ fn notice(code: &str) -> Value {
     json!({"type": "notice", "code": code})
 }
 
+/// The members `gone` (of an instance that is stopping cleanly) are closed
+/// with 1012, and `watcher` (on another instance) hears that each left
+/// within a second of `started`, long before any presence TTL.
+pub async fn left_at_once_as_their_instance_stops(
+    watcher: &mut Client,
+    gone: [&mut Client; 2],
+    ids: [String; 2],
+    started: Instant,
+) {
+    let [g1, g2] = gone;
+    let (announced, _, _) = tokio::join!(
+        async {
+            let ids = lefts(watcher, 2).await;
+            (ids, started.elapsed())
+        },
+        g1.expect_close(1012, "service restart"),
+        g2.expect_close(1012, "service restart"),
+    );
+    println!("member_left after a clean stop: {:?}", announced.1);
+    assert_eq!(announced.0, sorted(ids));
+    assert!(
+        announced.1 < Duration::from_millis(1000),
+        "member_left took {:?}",
+        announced.1
+    );
+}
+
 /// Reads `n` frames that must all be `member_left`; the ids, sorted.
 pub async fn lefts(c: &mut Client, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -522,21 +549,8 @@ async fn a_clean_shutdown_announces_the_instance_s_members_as_left_at_once() {
     let started = Instant::now();
     let handle = b.handle.clone();
     let shutdown = actix_rt::spawn(async move { handle.shutdown().await });
-    let (announced, _, _) = tokio::join!(
-        async {
-            let ids = lefts(&mut a1, 2).await;
-            (ids, started.elapsed())
-        },
-        b1.expect_close(1012, "service restart"),
-        b2.expect_close(1012, "service restart"),
-    );
-    println!("member_left after a clean shutdown: {:?}", announced.1);
-    assert_eq!(announced.0, sorted([b1_id, b2_id]));
-    assert!(
-        announced.1 < Duration::from_millis(1000),
-        "member_left took {:?}",
-        announced.1
-    );
+    left_at_once_as_their_instance_stops(&mut a1, [&mut b1, &mut b2], [b1_id, b2_id], started)
+        .await;
     tokio::time::timeout(WAIT, shutdown)
         .await
         .expect("shutdown finishes")

@@ -225,21 +225,8 @@ async fn sigterm_announces_the_instance_s_members_as_left_at_once_and_exits_0() 
     let [(mut a1, _), (mut b1, b1_id), (mut b2, b2_id)] = members(m);
     let started = Instant::now();
     b.sigterm();
-    let (announced, _, _) = tokio::join!(
-        async {
-            let ids = lefts(&mut a1, 2).await;
-            (ids, started.elapsed())
-        },
-        b1.expect_close(1012, "service restart"),
-        b2.expect_close(1012, "service restart"),
-    );
-    println!("member_left after SIGTERM: {:?}", announced.1);
-    assert_eq!(announced.0, sorted([b1_id, b2_id]));
-    assert!(
-        announced.1 < Duration::from_millis(1000),
-        "member_left took {:?}",
-        announced.1
-    );
+    left_at_once_as_their_instance_stops(&mut a1, [&mut b1, &mut b2], [b1_id, b2_id], started)
+        .await;
     assert_eq!(b.exit_status(Duration::from_secs(5)).await.code(), Some(0));
     a1.expect_silence(Duration::from_millis(300)).await;
 }

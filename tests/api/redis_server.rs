@@ -208,22 +208,29 @@ fn flatten(v: redis::Value, out: &mut Vec<Vec<u8>>) {
     }
 }
 
+/// `redis-server` on loopback `port`, in the foreground, with no
+/// persistence (a restart is a fresh, empty Redis).
+fn redis_server(port: u16) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+    ]);
+    cmd
+}
+
 async fn spawn_on(port: u16) -> Result<Child, String> {
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-        ])
+    let mut child = redis_server(port)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -306,18 +313,8 @@ impl RedisCluster {
                 continue;
             }
             let conf = dir.join(format!("nodes-{candidate}.conf"));
-            let child = Command::new("redis-server")
+            let child = redis_server(candidate)
                 .args([
-                    "--port",
-                    &candidate.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "no",
                     "--cluster-enabled",
                     "yes",
                     "--cluster-node-timeout",
