@@ -221,6 +221,7 @@ async fn sigterm_announces_the_instance_s_members_as_left_at_once_and_exits_0() 
         ],
     )
     .await;
+    b.wait_ready().await;
     let (_, m) = room_across(&[a.port, b.port, b.port]).await;
     let [(mut a1, _), (mut b1, b1_id), (mut b2, b2_id)] = members(m);
     let started = Instant::now();
