@@ -22,6 +22,7 @@ mod registry;
 mod room;
 mod session;
 mod state;
+mod ws;
 
 pub use settings::Settings;
 pub use startup::{AppHandle, Application};

@@ -119,6 +119,7 @@ pub struct Settings {
 
     pub ws_ping_interval_ms: u64,
     pub ws_ping_timeout_ms: u64,
+    pub ws_close_timeout_ms: u64,
     pub http_keep_alive_timeout_ms: u64,
     pub join_timeout_ms: u64,
     pub tcp_user_timeout_ms: u64,
@@ -540,6 +541,7 @@ impl Settings {
             health_memory_fail_mb,
             ws_ping_interval_ms,
             ws_ping_timeout_ms,
+            ws_close_timeout_ms: s.num("WS_CLOSE_TIMEOUT_MS", 2_000u64, 10, 60_000)?,
             http_keep_alive_timeout_ms: s.num(
                 "HTTP_KEEP_ALIVE_TIMEOUT_MS",
                 5_000u64,
@@ -626,6 +628,7 @@ impl Settings {
             ),
             ("ws_ping_interval_ms", self.ws_ping_interval_ms.to_string()),
             ("ws_ping_timeout_ms", self.ws_ping_timeout_ms.to_string()),
+            ("ws_close_timeout_ms", self.ws_close_timeout_ms.to_string()),
             ("join_timeout_ms", self.join_timeout_ms.to_string()),
             ("ip_tracking", self.feature_ip_tracking.to_string()),
             ("trust_proxy", self.trust_proxy.to_string()),

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::dev::{Server, ServerHandle};
+use actix_http::{Extensions, HttpService};
+use actix_service::{map_config, IntoServiceFactory};
+use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use actix_web_prom::PrometheusMetricsBuilder;
 use anyhow::Context as _;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::bridge::{BridgeConfig, RedisBridge};
@@ -174,7 +177,7 @@ impl Application {
         let tcp_user_timeout = Duration::from_millis(s.tcp_user_timeout_ms);
         let app_state = state.clone();
         let route_settings = settings.clone();
-        let server = HttpServer::new(move || {
+        let make_app = move || {
             let route_settings = route_settings.clone();
             App::new()
                 .app_data(app_state.clone())
@@ -185,19 +188,36 @@ impl Application {
                 .wrap(from_fn(http::security_headers))
                 .wrap(prometheus.clone())
                 .wrap(from_fn(http::request_id))
-        })
-        .workers(s.workers)
-        .backlog(4096)
-        .keep_alive(Duration::from_millis(s.http_keep_alive_timeout_ms))
-        // Zero: once a WebSocket has sent its close frame the dispatcher
-        // flushes and closes the connection at once, instead of lingering
-        // until the client hangs up (see session::outbound).
-        .client_disconnect_timeout(Duration::ZERO)
-        .on_connect(move |conn, _| tune_socket(conn, tcp_user_timeout))
-        .shutdown_timeout(1)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+        };
+        let keep_alive = Duration::from_millis(s.http_keep_alive_timeout_ms);
+        let upgrade_time_limit = Duration::from_millis(s.ws_close_timeout_ms.max(5_000));
+        // actix-web's `HttpServer`, assembled by hand for its one missing
+        // piece: an upgrade service, through which sessions take their
+        // connections over from the HTTP dispatcher (see http::upgrade).
+        let server = actix_server::Server::build()
+            .workers(s.workers)
+            .backlog(4096)
+            .shutdown_timeout(1)
+            .disable_signals()
+            .listen("blindrelay", listener, move || {
+                let make_app = make_app.clone();
+                let upgrade_app = make_app.clone();
+                HttpService::build()
+                    .keep_alive(keep_alive)
+                    .client_disconnect_timeout(Duration::ZERO)
+                    .on_connect_ext(move |io: &TcpStream, _: &mut Extensions| {
+                        tune_socket(io, tcp_user_timeout)
+                    })
+                    .upgrade(http::upgrade_factory(
+                        move || upgrade_app().into_factory(),
+                        upgrade_time_limit,
+                    ))
+                    .finish(map_config(make_app().into_factory(), |()| {
+                        AppConfig::default()
+                    }))
+                    .tcp()
+            })?
+            .run();
 
         state.ready.store(true, Ordering::Relaxed);
         let mode = if cluster.is_some() {
@@ -246,10 +266,7 @@ impl Application {
 /// TCP_NODELAY: a relay writes many small frames back to back; with Nagle's
 /// algorithm a frame written while an earlier one is unacknowledged waits
 /// for the client's delayed ACK (up to 40 ms), in every group message.
-fn tune_socket(conn: &dyn std::any::Any, timeout: Duration) {
-    let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-        return;
-    };
+fn tune_socket(stream: &TcpStream, timeout: Duration) {
     let _ = stream.set_nodelay(true);
     if timeout.is_zero() {
         return;

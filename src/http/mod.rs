@@ -5,7 +5,10 @@ mod errors;
 mod middleware;
 mod probes;
 mod rooms;
+mod upgrade;
 mod ws;
+
+pub(crate) use upgrade::factory as upgrade_factory;
 
 use actix_web::web;
 

@@ -1,16 +1,19 @@
-//! WebSocket upgrades: admission (draining, Origin, connection limits),
-//! then the session actor takes the connection.
+//! WebSocket upgrades: admission (draining, Origin, connection limits) and
+//! the handshake response. The response carries a [`Ticket`]; the upgrade
+//! service (`super::upgrade`) writes it and gives the connection to a new
+//! session actor.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 
 use super::errors::{ApiError, RequestId};
 use super::middleware::origin_allowed;
+use super::upgrade::ViaUpgrade;
 use crate::limits::Admission;
-use crate::session::{self, Mode};
+use crate::session::{Mode, Ticket};
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -37,12 +40,27 @@ pub(crate) fn client_ip(req: &HttpRequest, settings: &Settings) -> IpAddr {
 async fn upgrade(
     app: web::Data<AppState>,
     req: HttpRequest,
-    payload: web::Payload,
     rid: RequestId,
     mode: Mode,
 ) -> Result<HttpResponse, ApiError> {
     let app: Arc<AppState> = app.into_inner();
     let s = &app.settings;
+    let bad_upgrade = |app: &AppState| {
+        app.metrics.reject("bad_upgrade");
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "not a valid WebSocket upgrade request",
+            &rid,
+        )
+    };
+    // Checked before admission: a request that is no upgrade takes no slot.
+    let mut handshake = actix_http::ws::handshake(req.head()).map_err(|_| bad_upgrade(&app))?;
+    // Only a request the server handed over as an upgrade can become one
+    // (not, say, `Upgrade: websocket, h2c`, which it reads as plain HTTP).
+    if req.extensions().get::<ViaUpgrade>().is_none() {
+        return Err(bad_upgrade(&app));
+    }
     if app.is_draining() {
         app.metrics.reject("draining");
         return Err(ApiError::new(
@@ -95,33 +113,30 @@ async fn upgrade(
     } else {
         app.log.new(slog::o!("request_id" => rid.0.clone()))
     };
-    session::start(app.clone(), &req, payload, slot, mode, log).map_err(|_| {
-        app.metrics.reject("bad_upgrade");
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_upgrade",
-            "not a valid WebSocket upgrade request",
-            &rid,
-        )
-    })
+    let mut response = HttpResponse::from(handshake.finish()).map_into_boxed_body();
+    response.extensions_mut().insert(Ticket {
+        app,
+        mode,
+        slot,
+        log,
+    });
+    Ok(response)
 }
 
 /// `GET /v1/ws`
 pub(crate) async fn relay(
     app: web::Data<AppState>,
     req: HttpRequest,
-    payload: web::Payload,
     rid: RequestId,
 ) -> Result<HttpResponse, ApiError> {
-    upgrade(app, req, payload, rid, Mode::Relay).await
+    upgrade(app, req, rid, Mode::Relay).await
 }
 
 /// `GET /v1/echo` (`FEATURE_ECHO_ENDPOINT=true` only)
 pub(crate) async fn echo(
     app: web::Data<AppState>,
     req: HttpRequest,
-    payload: web::Payload,
     rid: RequestId,
 ) -> Result<HttpResponse, ApiError> {
-    upgrade(app, req, payload, rid, Mode::Echo).await
+    upgrade(app, req, rid, Mode::Echo).await
 }

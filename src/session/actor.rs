@@ -1,17 +1,21 @@
-//! The session actor: join, send, leave, keep-alive, limits and every close.
+//! The session actor: join, send, leave, keep-alive, limits and every close;
+//! and the connection itself, which the actor owns from the moment the
+//! handshake is written (see `docs/architecture.md` for why).
 
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_http::ws::OpCode;
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseReason, ProtocolError};
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
+use tokio::net::TcpStream;
 
-use super::outbound::{echo_frame, Outbound, OutboundBody};
+use super::outbound::{echo_frame, Outbound};
 use crate::cluster::StoreError;
 use crate::limits::{ConnectionSlot, SendBudget};
 use crate::metrics::{CLIENT_CLOSED, PING_TIMEOUT};
@@ -20,9 +24,20 @@ use crate::registry::{JoinRoom, Joined};
 use crate::replay::Burn;
 use crate::room::{Deliver, JoinRefused, Leave, MemberHandle, Outgoing, Publish, Room};
 use crate::state::AppState;
+use crate::ws::{Decoder, Message, WsError};
 
 /// Largest message on the diagnostic echo route (Autobahn sends 16 MiB).
 const ECHO_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Size of each worker thread's read buffer.
+const READ_BUF_BYTES: usize = 64 * 1024;
+/// Reads per turn of one session before it lets the others run.
+const READS_PER_TURN: usize = 16;
+
+thread_local! {
+    /// One read buffer per worker thread, shared by all its sessions: a
+    /// session only owns bytes while a frame is incomplete.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF_BYTES].into_boxed_slice());
+}
 
 /// What the session does with frames.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,11 +60,33 @@ enum Phase {
     Done,
 }
 
+/// An accepted upgrade, handed from the HTTP handler (which checked
+/// admission and wrote nothing yet) to whoever writes the handshake.
+pub(crate) struct Ticket {
+    pub(crate) app: Arc<AppState>,
+    pub(crate) mode: Mode,
+    pub(crate) slot: ConnectionSlot,
+    pub(crate) log: slog::Logger,
+}
+
 pub(crate) struct WsSession {
     app: Arc<AppState>,
     mode: Mode,
     phase: Phase,
-    outbound: Rc<Outbound>,
+    /// The client's connection; `None` once handed to [`linger`] or dropped.
+    stream: Option<TcpStream>,
+    decoder: Decoder,
+    /// Bytes read but not yet handled: an incomplete frame, or frames held
+    /// back while a join settles. Empty (unallocated) when idle.
+    unread: BytesMut,
+    outbound: Outbound,
+    /// Wakes the connection pump for frames queued outside it (pings).
+    waker: Option<Waker>,
+    /// Closing without a close handshake: drop the socket at once.
+    aborted: bool,
+    /// Held until the connection is gone, so a client that stops reading
+    /// still counts against the limits.
+    slot: Option<ConnectionSlot>,
     budget: SendBudget,
     last_pong: Instant,
     /// Whether this session's end has been counted in the metrics.
@@ -57,26 +94,20 @@ pub(crate) struct WsSession {
     log: slog::Logger,
 }
 
-/// Upgrades the request and starts the session actor for it.
-pub(crate) fn start(
-    app: Arc<AppState>,
-    req: &HttpRequest,
-    payload: web::Payload,
-    slot: ConnectionSlot,
-    mode: Mode,
-    log: slog::Logger,
-) -> Result<HttpResponse, actix_web::Error> {
-    // actix-ws does the handshake and the inbound side; its `Session`
-    // (outbound) is not used: frames go out pre-encoded through `Outbound`.
-    let (response, _session, stream) = actix_ws::handle(req, payload)?;
+/// Starts the session actor on the current worker thread, for a connection
+/// whose handshake has been written; `unread` is what the client sent
+/// right behind its upgrade request.
+pub(crate) fn start(ticket: Ticket, stream: TcpStream, unread: BytesMut) {
+    let Ticket {
+        app,
+        mode,
+        slot,
+        log,
+    } = ticket;
     let max = match mode {
         Mode::Relay => app.settings.max_message_bytes + 4096,
         Mode::Echo => ECHO_MAX_BYTES,
     };
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
     let threshold = match mode {
         Mode::Relay => app.settings.slow_consumer_buffer_threshold,
         // Conformance suites send runs of messages up to 16 MiB back to back.
@@ -89,26 +120,27 @@ pub(crate) fn start(
         .settings
         .feature_slow_consumer_protection
         .then_some(threshold);
-    let outbound = Outbound::new(limit);
-    let body_out = outbound.clone();
     let s = &app.settings;
     let budget = SendBudget::new(s.max_msgs_per_10s, s.max_bytes_per_10s, Instant::now());
     WsSession::create(move |ctx| {
-        ctx.add_stream(stream);
+        ctx.spawn(Pump);
         WsSession {
             app,
             mode,
             phase: Phase::AwaitingJoin,
-            outbound,
+            stream: Some(stream),
+            decoder: Decoder::new(max),
+            unread,
+            outbound: Outbound::new(limit),
+            waker: None,
+            aborted: false,
+            slot: Some(slot),
             budget,
             last_pong: Instant::now(),
             counted: false,
             log,
         }
     });
-    Ok(response
-        .map_body(move |_, ws_body| OutboundBody::new(body_out, ws_body, slot))
-        .map_into_boxed_body())
 }
 
 impl Actor for WsSession {
@@ -141,6 +173,9 @@ impl Actor for WsSession {
             move |act, ctx| {
                 let sent = Instant::now();
                 act.queue_control(ctx, OpCode::Ping, b"");
+                if let Some(w) = &act.waker {
+                    w.wake_by_ref();
+                }
                 ctx.run_later(timeout, move |act, ctx| {
                     if act.last_pong < sent {
                         act.drop_peer(ctx);
@@ -155,6 +190,65 @@ impl Actor for WsSession {
         // Ended by the client (or the connection) if nothing else was recorded.
         self.record_end(CLIENT_CLOSED);
         self.app.metrics.connections_active.dec();
+        let (Some(stream), Some(slot)) = (self.stream.take(), self.slot.take()) else {
+            return;
+        };
+        if self.aborted || self.outbound.is_empty() {
+            self.outbound.clear();
+            return;
+        }
+        let outbound = std::mem::replace(&mut self.outbound, Outbound::new(None));
+        let deadline = Duration::from_millis(self.app.settings.ws_close_timeout_ms);
+        actix_rt::spawn(linger(stream, outbound, slot, deadline));
+    }
+}
+
+/// Finishes a closed connection off the actor: writes what is left (the
+/// close frame last), gives the slot back, sends FIN and reads until the
+/// client's, so that the close frame is not lost to a reset. All of it
+/// within `WS_CLOSE_TIMEOUT_MS`, whatever the client does.
+async fn linger(
+    stream: TcpStream,
+    mut outbound: Outbound,
+    slot: ConnectionSlot,
+    deadline: Duration,
+) {
+    let finish = async {
+        while !outbound.write_to(&stream)? {
+            stream.writable().await?;
+        }
+        drop(slot);
+        socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write)?;
+        let mut sink = [0u8; 256];
+        loop {
+            stream.readable().await?;
+            match stream.try_read(&mut sink) {
+                Ok(0) => return Ok::<_, io::Error>(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(deadline, finish).await;
+    outbound.clear();
+}
+
+/// The connection as an item of the session's context: polled after every
+/// batch of mailbox messages, so whatever those queued goes out in one
+/// write, and whenever the socket is readable or writable again.
+struct Pump;
+
+impl ActorFuture<WsSession> for Pump {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut WsSession,
+        ctx: &mut Context<WsSession>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        act.pump(ctx, task)
     }
 }
 
@@ -201,8 +295,14 @@ impl WsSession {
     /// Drops a peer that stopped answering pings: no close handshake.
     fn drop_peer(&mut self, ctx: &mut Context<Self>) {
         self.record_end(PING_TIMEOUT);
+        self.abort(ctx);
+    }
+
+    /// Ends the session without a close frame (the peer is gone or mute).
+    fn abort(&mut self, ctx: &mut Context<Self>) {
         self.leave_room();
-        self.outbound.abort();
+        self.phase = Phase::Done;
+        self.aborted = true;
         ctx.stop();
     }
 
@@ -316,10 +416,11 @@ impl WsSession {
         });
     }
 
-    fn on_client_close(&mut self, ctx: &mut Context<Self>, reason: Option<CloseReason>) {
+    fn on_client_close(&mut self, ctx: &mut Context<Self>, code: Option<u16>) {
         self.record_end(CLIENT_CLOSED);
         self.leave_room();
-        let reply = match reason.map(|r| u16::from(r.code)) {
+        self.phase = Phase::Done;
+        let reply = match code {
             None => 1000,
             Some(code) if is_valid_close_code(code) => code,
             Some(_) => 1002,
@@ -347,50 +448,164 @@ impl Handler<Deliver> for WsSession {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
-        match item {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(ctx, text),
-            Ok(AggregatedMessage::Binary(data)) => match self.mode {
+impl WsSession {
+    /// One turn of the connection: handle frames held back by a join,
+    /// read and handle what the client sent, write what is queued.
+    fn pump(&mut self, ctx: &mut Context<Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.stream.is_none() {
+            return Poll::Ready(());
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        if !self.unread.is_empty() {
+            self.handle_bytes(ctx, None);
+        }
+        let mut reads = 0;
+        while self.reading(ctx) {
+            if reads == READS_PER_TURN {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match self.stream.as_ref().map(|s| s.poll_read_ready(cx)) {
+                None | Some(Poll::Pending) => break,
+                Some(Poll::Ready(Err(e))) => return self.lost(ctx, e),
+                Some(Poll::Ready(Ok(()))) => {}
+            }
+            reads += 1;
+            let eof = READ_BUF.with_borrow_mut(|buf| {
+                let read = match self.stream.as_ref() {
+                    Some(stream) => stream.try_read(buf),
+                    None => return Ok(true),
+                };
+                match read {
+                    Ok(0) => Ok(true),
+                    Ok(n) => {
+                        self.handle_bytes(ctx, Some(&buf[..n]));
+                        Ok(false)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) => Err(e),
+                }
+            });
+            match eof {
+                Ok(false) => {}
+                // The client's side of the connection ended.
+                Ok(true) => return self.lost(ctx, io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => return self.lost(ctx, e),
+            }
+        }
+        self.flush(ctx, cx);
+        Poll::Pending
+    }
+
+    /// Whether frames should be read now: not while a join settles (they
+    /// wait, in order, behind it) nor once the session is closing.
+    fn reading(&self, ctx: &Context<Self>) -> bool {
+        !ctx.waiting() && !matches!(self.phase, Phase::Done) && ctx.state() == ActorState::Running
+    }
+
+    /// Handles every whole frame in `unread` followed by `fresh`, keeping
+    /// the rest (an incomplete frame, or frames behind a join) in `unread`.
+    fn handle_bytes(&mut self, ctx: &mut Context<Self>, fresh: Option<&[u8]>) {
+        if self.unread.is_empty() {
+            if let Some(fresh) = fresh {
+                let used = self.handle_frames(ctx, fresh);
+                if used < fresh.len() && self.reading_or_waiting(ctx) {
+                    self.unread.extend_from_slice(&fresh[used..]);
+                }
+            }
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.unread);
+        if let Some(fresh) = fresh {
+            buf.extend_from_slice(fresh);
+        }
+        let used = self.handle_frames(ctx, &buf);
+        buf.advance(used);
+        if !buf.is_empty() && self.reading_or_waiting(ctx) {
+            self.unread = buf;
+        }
+    }
+
+    fn reading_or_waiting(&self, ctx: &Context<Self>) -> bool {
+        !matches!(self.phase, Phase::Done) && ctx.state() == ActorState::Running
+    }
+
+    /// Handles the whole frames at the start of `buf`; returns the bytes used.
+    fn handle_frames(&mut self, ctx: &mut Context<Self>, buf: &[u8]) -> usize {
+        let mut used = 0;
+        while self.reading(ctx) {
+            match self.decoder.decode(&buf[used..]) {
+                Ok(None) => break,
+                Ok(Some((n, msg))) => {
+                    used += n;
+                    if let Some(msg) = msg {
+                        self.on_message(ctx, msg);
+                    }
+                }
+                Err(e) => {
+                    slog::debug!(self.log, "protocol error"; "error" => %e);
+                    let close = match e {
+                        WsError::Protocol(_) => Close::Protocol,
+                        WsError::TooLarge => Close::TooLarge,
+                        WsError::InvalidUtf8 => Close::InvalidUtf8,
+                    };
+                    self.close(ctx, close);
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    fn on_message(&mut self, ctx: &mut Context<Self>, msg: Message) {
+        match msg {
+            Message::Text(text) => self.on_text(ctx, text),
+            Message::Binary(data) => match self.mode {
                 Mode::Echo => self.queue(ctx, echo_frame(false, &data)),
                 Mode::Relay => self.close(ctx, Close::Binary),
             },
-            Ok(AggregatedMessage::Ping(payload)) => self.queue_control(ctx, OpCode::Pong, &payload),
-            Ok(AggregatedMessage::Pong(_)) => self.last_pong = Instant::now(),
-            Ok(AggregatedMessage::Close(reason)) => self.on_client_close(ctx, reason),
-            Err(e) => {
-                let close = match &e {
-                    ProtocolError::Overflow => Close::TooLarge,
-                    ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
-                        Close::InvalidUtf8
-                    }
-                    // actix-ws's aggregator reports an oversized fragmented
-                    // message only through its error text.
-                    ProtocolError::Io(io)
-                        if io.to_string().contains("maximum continuation size") =>
-                    {
-                        Close::TooLarge
-                    }
-                    ProtocolError::Io(_) => {
-                        // The connection itself failed: nobody to send a close to.
-                        slog::debug!(self.log, "connection error"; "error" => %e);
-                        self.leave_room();
-                        self.outbound.abort();
-                        ctx.stop();
+            Message::Ping(payload) => self.queue_control(ctx, OpCode::Pong, &payload),
+            Message::Pong => self.last_pong = Instant::now(),
+            Message::Close(code) => self.on_client_close(ctx, code),
+        }
+    }
+
+    /// Writes what is queued; registers for writability if the socket is
+    /// full.
+    fn flush(&mut self, ctx: &mut Context<Self>, cx: &mut std::task::Context<'_>) {
+        // A closing session's last frames are written by `linger`.
+        if self.outbound.is_empty() || ctx.state() != ActorState::Running {
+            return;
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        loop {
+            match self.outbound.write_to(stream) {
+                Ok(true) => return,
+                Ok(false) => match stream.poll_write_ready(cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        let _ = self.lost(ctx, e);
                         return;
                     }
-                    _ => Close::Protocol,
-                };
-                slog::debug!(self.log, "protocol error"; "error" => %e);
-                self.close(ctx, close);
+                },
+                Err(e) => {
+                    let _ = self.lost(ctx, e);
+                    return;
+                }
             }
         }
     }
 
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        // The client's side of the connection ended.
-        self.leave_room();
-        self.outbound.abort();
-        ctx.stop();
+    /// The connection failed or the client went away: nobody to send a
+    /// close frame to.
+    fn lost(&mut self, ctx: &mut Context<Self>, e: io::Error) -> Poll<()> {
+        slog::debug!(self.log, "connection ended"; "error" => %e);
+        self.abort(ctx);
+        Poll::Ready(())
     }
 }

@@ -1,10 +1,10 @@
-//! A WebSocket session: one actor per connection, driving actix-ws from
-//! inside the actor. The inbound actix-ws `MessageStream` is added to the
-//! actor's context as a stream (so frames are handled one at a time, in
-//! order, as actor messages); outbound frames, already encoded, go through
-//! the [`outbound`] queue into the response body.
+//! A WebSocket session: one actor per connection, owning the connection.
+//! The actor's context polls the socket as one of its items (reading into a
+//! per-thread buffer, frames parsed by [`crate::ws`] and handled one at a
+//! time, in order); outbound frames, already encoded, wait in the
+//! [`outbound`] queue and go out in one write per turn.
 
 mod actor;
 mod outbound;
 
-pub(crate) use actor::{start, Mode};
+pub(crate) use actor::{start, Mode, Ticket};
