@@ -553,7 +553,7 @@ impl Settings {
             room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365)?,
             presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
             shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000)?,
-            room_arbiters: s.num("ROOM_ARBITERS", cpus, 1, 256)?,
+            room_arbiters: s.num("ROOM_ARBITERS", 0, 0, 256)?,
             service_version: s.string("SERVICE_VERSION", env!("CARGO_PKG_VERSION")),
             deployment_env: s.string("DEPLOYMENT_ENV", app_env.as_str()),
             instance_id: s.opt_string("INSTANCE_ID").unwrap_or_else(new_instance_id),

@@ -105,7 +105,7 @@ impl Application {
             Duration::from_millis(s.metrics_collection_interval_ms),
         )
         .start();
-        let registry = Registry::new(
+        let registry = Registry::start(
             RegistryConfig {
                 room: RoomConfig {
                     max_members: s.max_room_members,
@@ -120,8 +120,7 @@ impl Application {
             },
             metrics.clone(),
             log.new(slog::o!("actor" => "registry")),
-        )
-        .start();
+        );
         let (draining, _) = watch::channel(false);
         let state = web::Data::new(AppState {
             tokens: JoinTokens::new(
@@ -311,28 +310,12 @@ impl AppHandle {
     /// behind would be.
     #[cfg(feature = "test-hooks")]
     pub async fn stall_room(&self, room: &str, d: Duration) -> bool {
-        self.state
-            .registry
-            .send(crate::registry::FailRoom {
-                room: room.into(),
-                on_next_join: false,
-                stall: Some(d),
-            })
-            .await
-            .unwrap_or(false)
+        self.state.registry.fail_room(room, Some(d), false)
     }
 
     #[cfg(feature = "test-hooks")]
     async fn inject(&self, room: &str, on_next_join: bool) -> bool {
-        self.state
-            .registry
-            .send(crate::registry::FailRoom {
-                room: room.into(),
-                on_next_join,
-                stall: None,
-            })
-            .await
-            .unwrap_or(false)
+        self.state.registry.fail_room(room, None, on_next_join)
     }
 
     /// Starts draining without stopping the server: `/ready` turns 503,
@@ -366,8 +349,7 @@ impl AppHandle {
         // and member_left for the other instances) go out before the exit.
         if let Some(link) = state.backend.link() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let _ = actix_rt::time::timeout(left, state.registry.send(crate::registry::FlushRooms))
-                .await;
+            let _ = actix_rt::time::timeout(left, state.registry.flush()).await;
             while link.is_up() && !link.lane_idle() && Instant::now() < deadline {
                 actix_rt::time::sleep(Duration::from_millis(5)).await;
             }

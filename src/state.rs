@@ -20,7 +20,7 @@ pub(crate) struct AppState {
     pub tokens: JoinTokens,
     /// Cluster-wide state: in memory standalone, in Redis in cluster mode.
     pub backend: Backend,
-    pub registry: Addr<Registry>,
+    pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub metrics_actor: Addr<MetricsActor>,
     pub connections: Arc<ConnectionLimiter>,

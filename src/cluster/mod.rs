@@ -18,10 +18,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
-
 use crate::limits::KeyedLimiter;
-use crate::registry::{CreateRoom, Registry, RoomExists};
+use crate::registry::Registry;
 use crate::replay::{Burn, ReplayGuard};
 use redis::{RedisError, RedisLink};
 
@@ -31,9 +29,6 @@ pub(crate) enum StoreError {
     /// Redis is unreachable: the caller fails closed (1013, 503).
     #[error("cluster state is unreachable: {0}")]
     Unreachable(#[from] RedisError),
-    /// An actor of this instance is gone (500).
-    #[error("the room registry is not running")]
-    Internal,
 }
 
 /// Per-IP limits that hold cluster-wide.
@@ -48,7 +43,7 @@ pub(crate) enum Limit {
 /// Standalone: everything in this process.
 pub(crate) struct Memory {
     pub replay: ReplayGuard,
-    pub registry: Addr<Registry>,
+    pub registry: Arc<Registry>,
     pub room_creates: KeyedLimiter,
     pub token_mints: KeyedLimiter,
 }
@@ -83,11 +78,10 @@ impl Backend {
     /// Records a room created through the API.
     pub async fn create_room(&self, room: &str) -> Result<(), StoreError> {
         match self {
-            Backend::Memory(m) => m
-                .registry
-                .send(CreateRoom { room: room.into() })
-                .await
-                .map_err(|_| StoreError::Internal),
+            Backend::Memory(m) => {
+                m.registry.create_room(room);
+                Ok(())
+            }
             Backend::Redis { link, .. } => Ok(link.create_room(room).await?),
         }
     }
@@ -95,11 +89,7 @@ impl Backend {
     /// Whether a room exists (for minting tokens).
     pub async fn room_exists(&self, room: &str) -> Result<bool, StoreError> {
         match self {
-            Backend::Memory(m) => m
-                .registry
-                .send(RoomExists { room: room.into() })
-                .await
-                .map_err(|_| StoreError::Internal),
+            Backend::Memory(m) => Ok(m.registry.room_exists(room)),
             Backend::Redis { link, .. } => Ok(link.room_exists(room).await?),
         }
     }

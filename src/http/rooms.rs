@@ -22,12 +22,6 @@ fn unavailable(app: &AppState, rid: &RequestId, e: StoreError) -> ApiError {
             rid,
         )
         .retry_after(1),
-        StoreError::Internal => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-            rid,
-        ),
     }
 }
 

@@ -21,6 +21,7 @@ use actix_http::HttpMessage;
 use actix_http::{ConnectionType, Request, Response, StatusCode};
 use actix_service::{fn_factory, fn_service, Service, ServiceFactory};
 use actix_web::dev::{AppConfig, ServiceResponse};
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use crate::session::{self, Ticket};
@@ -94,7 +95,13 @@ where
             write(&mut framed, Message::Item((head, BodySize::None)))?;
             flush(&mut framed).await?;
             let parts = framed.into_parts();
-            session::start(ticket, parts.io, parts.read_buf);
+            // The dispatcher's buffers stay behind: only bytes the client
+            // already sent past its request are kept, in a buffer of their size.
+            let unread = match parts.read_buf.is_empty() {
+                true => BytesMut::new(),
+                false => BytesMut::from(&parts.read_buf[..]),
+            };
+            session::start(ticket, parts.io, unread);
         }
         _ => {
             // Refused: the answer, then the connection ends (it cannot go

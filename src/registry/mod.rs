@@ -1,11 +1,320 @@
-//! The room registry: finds or creates the room actor for a join, spreads
-//! rooms over a pool of arbiters, runs each under a `Supervisor`, retires
-//! rooms when their last member leaves (`FEATURE_AUTO_ROOM_CLEANUP`), and
-//! remembers which rooms exist for `POST /v1/rooms/{room}/tokens` until they
-//! have been idle for `ROOM_IDLE_TTL_SECS`.
+//! The room registry: finds or creates the room actor for a join, places
+//! rooms on threads, runs each under a `Supervisor`, retires rooms when
+//! their last member leaves (`FEATURE_AUTO_ROOM_CLEANUP`), and remembers
+//! which rooms exist for `POST /v1/rooms/{room}/tokens` until they have been
+//! idle for `ROOM_IDLE_TTL_SECS`.
+//!
+//! It is a table behind a lock, not an actor: a join looks its room up on
+//! the joining session's own thread and goes straight to the room, instead
+//! of waking a registry thread on the way there and back (the connection
+//! storm benchmark, `docs/benchmarks.md`). The rooms are the actors; every
+//! operation here is a few map lookups under the lock and never waits.
 
-mod actor;
-pub mod messages;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
-pub use actor::{Registry, RegistryConfig};
-pub use messages::*;
+use actix::prelude::*;
+
+use crate::metrics::Metrics;
+use crate::room::{Flush, Join, JoinRefused, MemberHandle, Room, RoomConfig};
+
+/// Registry settings.
+#[derive(Clone)]
+pub struct RegistryConfig {
+    pub room: RoomConfig,
+    pub auto_cleanup: bool,
+    pub idle_ttl: Duration,
+    /// Threads of their own for rooms; 0 puts rooms on the worker threads.
+    pub arbiters: usize,
+}
+
+/// A member joined a room.
+pub struct Joined {
+    /// The room actor, for the session's later `Publish` and `Leave`.
+    pub room: Addr<Room>,
+    /// The id the room gave the member.
+    pub member: Arc<str>,
+}
+
+/// Sent by a room that has no members left.
+pub struct RoomEmpty {
+    /// The room's id.
+    pub room: Arc<str>,
+    /// How many joins the room had handled when it became empty.
+    pub joins_seen: u64,
+    /// The reporting actor, so that a retired room's late report cannot
+    /// retire its successor.
+    pub addr: Addr<Room>,
+}
+
+struct Entry {
+    addr: Option<Addr<Room>>,
+    /// The worker (index in `Inner::workers`) the live room runs on.
+    worker: Option<usize>,
+    /// Joins forwarded to the room actor.
+    forwarded: u64,
+    /// When the room last became empty (or was created empty).
+    idle_since: Option<Instant>,
+}
+
+/// A worker thread that rooms can run on.
+struct Worker {
+    thread: ThreadId,
+    handle: ArbiterHandle,
+    /// Live rooms on it.
+    rooms: usize,
+}
+
+struct Inner {
+    rooms: HashMap<Arc<str>, Entry>,
+    /// The worker threads seen in joins.
+    workers: Vec<Worker>,
+    next_arbiter: usize,
+}
+
+pub struct Registry {
+    config: RegistryConfig,
+    inner: Mutex<Inner>,
+    /// `ROOM_ARBITERS` threads, when rooms have threads of their own.
+    arbiters: Vec<Arbiter>,
+    metrics: Metrics,
+    log: slog::Logger,
+    me: Weak<Registry>,
+}
+
+impl Registry {
+    /// Builds the registry and starts its sweeper of idle rooms on the
+    /// current arbiter.
+    pub fn start(config: RegistryConfig, metrics: Metrics, log: slog::Logger) -> Arc<Self> {
+        let arbiters = (0..config.arbiters).map(|_| Arbiter::new()).collect();
+        let every = config.idle_ttl.min(Duration::from_secs(60));
+        let registry = Arc::new_cyclic(|me| Registry {
+            config,
+            inner: Mutex::new(Inner {
+                rooms: HashMap::new(),
+                workers: Vec::new(),
+                next_arbiter: 0,
+            }),
+            arbiters,
+            metrics,
+            log,
+            me: me.clone(),
+        });
+        let weak = Arc::downgrade(&registry);
+        actix_rt::spawn(async move {
+            let mut tick = actix_rt::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(r) => r.sweep(),
+                    None => return,
+                }
+            }
+        });
+        registry
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under the lock leaves the maps consistent (every update
+        // is a single insert or field write): keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins `room`, creating its actor if needed. `home` is the joining
+    /// session's worker thread.
+    pub async fn join(
+        &self,
+        room: Arc<str>,
+        member: MemberHandle,
+        home: (ThreadId, ArbiterHandle),
+    ) -> Result<Joined, JoinRefused> {
+        let addr = {
+            let mut inner = self.lock();
+            let home = inner.worker_index(home);
+            let existing = inner.rooms.get(&room).and_then(|e| e.addr.clone());
+            let (addr, worker) = match existing {
+                Some(addr) => (addr, None),
+                None => self.spawn_room(&mut inner, room.clone(), home),
+            };
+            let entry = inner.rooms.entry(room).or_insert(Entry {
+                addr: None,
+                worker: None,
+                forwarded: 0,
+                idle_since: None,
+            });
+            if entry.addr.as_ref() != Some(&addr) {
+                // A new room actor has handled no join yet.
+                entry.addr = Some(addr.clone());
+                entry.worker = worker;
+                entry.forwarded = 0;
+            }
+            entry.forwarded += 1;
+            entry.idle_since = None;
+            addr
+        };
+        match addr.send(Join { member }).await {
+            Ok(Ok(member)) => Ok(Joined { room: addr, member }),
+            Ok(Err(refused)) => Err(refused),
+            Err(_) => Err(JoinRefused::Unavailable),
+        }
+    }
+
+    /// Starts a room: on the next room arbiter in turn when there are any;
+    /// by default on a worker thread, preferably the opener's. There the
+    /// opener's frames reach the room, and the room's reach it, without
+    /// waking another thread, and the process keeps one busy thread per
+    /// core. A worker with more than its share of rooms passes the new one
+    /// to the least loaded: clients connecting in order would otherwise put
+    /// every room's opener, and every room, on one worker.
+    fn spawn_room(
+        &self,
+        inner: &mut Inner,
+        id: Arc<str>,
+        home: usize,
+    ) -> (Addr<Room>, Option<usize>) {
+        let (arbiter, worker) = match self.arbiters.len() {
+            0 => {
+                let n = inner.workers.len();
+                let total: usize = inner.workers.iter().map(|w| w.rooms).sum();
+                let idx = if inner.workers[home].rooms * n <= total + n {
+                    home
+                } else {
+                    (0..n)
+                        .min_by_key(|&i| inner.workers[i].rooms)
+                        .unwrap_or(home)
+                };
+                inner.workers[idx].rooms += 1;
+                (inner.workers[idx].handle.clone(), Some(idx))
+            }
+            n => {
+                inner.next_arbiter = inner.next_arbiter.wrapping_add(1);
+                (self.arbiters[inner.next_arbiter % n].handle(), None)
+            }
+        };
+        let config = self.config.room.clone();
+        let metrics = self.metrics.clone();
+        let log = self.log.new(slog::o!("actor" => "room"));
+        let me = self.me.clone();
+        let addr = Supervisor::start_in_arbiter(&arbiter, move |_| {
+            Room::new(id, config, me, metrics, log)
+        });
+        (addr, worker)
+    }
+
+    /// A room reports that it has no members left.
+    pub fn room_empty(&self, msg: RoomEmpty) {
+        let auto_cleanup = self.config.auto_cleanup;
+        let mut inner = self.lock();
+        let Inner { rooms, workers, .. } = &mut *inner;
+        if let Some(entry) = rooms.get_mut(&msg.room) {
+            // A join forwarded after the room reported empty is still in its
+            // mailbox: the room is not empty after all.
+            if entry.addr.as_ref() != Some(&msg.addr) || entry.forwarded != msg.joins_seen {
+                return;
+            }
+            entry.idle_since = Some(Instant::now());
+            if auto_cleanup {
+                // Dropping the last address stops the room actor once the
+                // sessions that used it are gone too.
+                retire(workers, entry);
+            }
+        }
+    }
+
+    /// Records a room created through `POST /v1/rooms`.
+    pub fn create_room(&self, room: &str) {
+        self.lock().rooms.entry(room.into()).or_insert(Entry {
+            addr: None,
+            worker: None,
+            forwarded: 0,
+            idle_since: Some(Instant::now()),
+        });
+    }
+
+    /// Whether a room exists: it has members, or had some (or was created)
+    /// less than `ROOM_IDLE_TTL_SECS` ago.
+    pub fn room_exists(&self, room: &str) -> bool {
+        let ttl = self.config.idle_ttl;
+        self.lock()
+            .rooms
+            .get(room)
+            .is_some_and(|e| e.idle_since.is_none_or(|t| t.elapsed() < ttl))
+    }
+
+    /// Waits until every room has handled what was sent to it before (at
+    /// shutdown: the leaves of the sessions just closed).
+    pub async fn flush(&self) {
+        let flushes: Vec<_> = self
+            .lock()
+            .rooms
+            .values()
+            .filter_map(|e| e.addr.as_ref())
+            .map(|a| a.send(Flush))
+            .collect();
+        futures_util::future::join_all(flushes).await;
+    }
+
+    fn sweep(&self) {
+        let ttl = self.config.idle_ttl;
+        let mut inner = self.lock();
+        let Inner { rooms, workers, .. } = &mut *inner;
+        rooms.retain(|_, e| {
+            let keep = e.idle_since.is_none_or(|t| t.elapsed() < ttl);
+            if !keep {
+                retire(workers, e);
+            }
+            keep
+        });
+    }
+
+    /// Test hook: makes the named room's next handler fail (or its thread
+    /// stall for `stall`); false when the room has no actor.
+    #[cfg(feature = "test-hooks")]
+    pub fn fail_room(&self, room: &str, stall: Option<Duration>, on_next_join: bool) -> bool {
+        match self.lock().rooms.get(room).and_then(|e| e.addr.as_ref()) {
+            Some(addr) => {
+                addr.do_send(crate::room::InjectFailure {
+                    stall,
+                    on_next_join,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}
+
+impl Inner {
+    fn worker_index(&mut self, (thread, handle): (ThreadId, ArbiterHandle)) -> usize {
+        match self.workers.iter().position(|w| w.thread == thread) {
+            Some(i) => i,
+            None => {
+                self.workers.push(Worker {
+                    thread,
+                    handle,
+                    rooms: 0,
+                });
+                self.workers.len() - 1
+            }
+        }
+    }
+}
+
+/// The room of `entry` is retired (its actor stops once unused).
+fn retire(workers: &mut [Worker], entry: &mut Entry) {
+    entry.addr = None;
+    if let Some(w) = entry.worker.take() {
+        workers[w].rooms -= 1;
+    }
+}

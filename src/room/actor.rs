@@ -18,6 +18,7 @@ use crate::ids::new_member_id;
 use crate::metrics::Metrics;
 use crate::protocol::{server, Close, ErrorCode};
 use crate::registry::{Registry, RoomEmpty};
+use std::sync::Weak;
 
 /// Limits a room enforces, from the settings.
 #[derive(Clone)]
@@ -72,7 +73,8 @@ pub struct Room {
     remote: HashMap<Arc<str>, RemoteMember>,
     cluster: Option<ClusterRoom>,
     config: RoomConfig,
-    registry: Addr<Registry>,
+    /// Weak: the registry holds the rooms' addresses.
+    registry: Weak<Registry>,
     metrics: Metrics,
     log: slog::Logger,
     /// Joins handled so far; the registry compares it with the joins it
@@ -88,7 +90,7 @@ impl Room {
     pub fn new(
         id: Arc<str>,
         config: RoomConfig,
-        registry: Addr<Registry>,
+        registry: Weak<Registry>,
         metrics: Metrics,
         log: slog::Logger,
     ) -> Self {
@@ -220,11 +222,13 @@ impl Room {
                 c.gone.clear();
                 self.remote.clear();
             }
-            self.registry.do_send(RoomEmpty {
-                room: self.id.clone(),
-                joins_seen: self.joins_seen,
-                addr: ctx.address(),
-            });
+            if let Some(registry) = self.registry.upgrade() {
+                registry.room_empty(RoomEmpty {
+                    room: self.id.clone(),
+                    joins_seen: self.joins_seen,
+                    addr: ctx.address(),
+                });
+            }
         }
     }
 

@@ -13,6 +13,7 @@ use actix::prelude::*;
 use actix_http::ws::OpCode;
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::outbound::{echo_frame, Outbound};
@@ -20,7 +21,7 @@ use crate::cluster::StoreError;
 use crate::limits::{ConnectionSlot, SendBudget};
 use crate::metrics::{CLIENT_CLOSED, PING_TIMEOUT};
 use crate::protocol::{server, ClientFrame, Close, ErrorCode, SendFrame};
-use crate::registry::{JoinRoom, Joined};
+use crate::registry::Joined;
 use crate::replay::Burn;
 use crate::room::{Deliver, JoinRefused, Leave, MemberHandle, Outgoing, Publish, Room};
 use crate::state::AppState;
@@ -345,26 +346,19 @@ impl WsSession {
             recipient: ctx.address().recipient(),
             pending: self.outbound.pending.clone(),
         };
+        let home = (std::thread::current().id(), Arbiter::current());
         let join = async move {
             match app.backend.burn(&claims.jti, claims.exp).await {
                 Ok(Burn::Fresh) => {}
                 Ok(Burn::Replayed) => return Err(Close::TokenReplayed),
                 // Replay protection cannot be checked: fail closed.
                 Err(StoreError::Unreachable(_)) => return Err(Close::TryAgainLater),
-                Err(StoreError::Internal) => return Err(Close::Internal),
             }
-            let joined = app
-                .registry
-                .send(JoinRoom {
-                    room: claims.room.into(),
-                    member,
-                })
-                .await;
-            match joined {
-                Ok(Ok(joined)) => Ok(joined),
-                Ok(Err(JoinRefused::RoomFull)) => Err(Close::RoomFull),
-                Ok(Err(JoinRefused::TryLater)) => Err(Close::TryAgainLater),
-                Ok(Err(JoinRefused::Unavailable)) | Err(_) => Err(Close::Internal),
+            match app.registry.join(claims.room.into(), member, home).await {
+                Ok(joined) => Ok(joined),
+                Err(JoinRefused::RoomFull) => Err(Close::RoomFull),
+                Err(JoinRefused::TryLater) => Err(Close::TryAgainLater),
+                Err(JoinRefused::Unavailable) => Err(Close::Internal),
             }
         };
         // `wait` holds every other event of this session (frames, timers)
@@ -467,27 +461,30 @@ impl WsSession {
                 cx.waker().wake_by_ref();
                 break;
             }
-            match self.stream.as_ref().map(|s| s.poll_read_ready(cx)) {
-                None | Some(Poll::Pending) => break,
-                Some(Poll::Ready(Err(e))) => return self.lost(ctx, e),
-                Some(Poll::Ready(Ok(()))) => {}
-            }
             reads += 1;
-            let eof = READ_BUF.with_borrow_mut(|buf| {
-                let read = match self.stream.as_ref() {
-                    Some(stream) => stream.try_read(buf),
-                    None => return Ok(true),
+            // `poll_read` rather than readiness and `try_read`: a short read
+            // tells tokio the socket is drained, which saves the system call
+            // that would only have said so.
+            let read = READ_BUF.with_borrow_mut(|buf| {
+                let Some(stream) = self.stream.as_mut() else {
+                    return Poll::Ready(Ok(0));
                 };
-                match read {
-                    Ok(0) => Ok(true),
-                    Ok(n) => {
+                let mut rb = ReadBuf::new(&mut buf[..]);
+                let polled = Pin::new(stream).poll_read(cx, &mut rb);
+                let n = rb.filled().len();
+                match polled {
+                    Poll::Ready(Ok(())) if n > 0 => {
                         self.handle_bytes(ctx, Some(&buf[..n]));
-                        Ok(false)
+                        Poll::Ready(Ok(n))
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                    Err(e) => Err(e),
+                    other => other.map_ok(|()| 0),
                 }
             });
+            let eof = match read {
+                Poll::Pending => break,
+                Poll::Ready(Ok(n)) => Ok(n == 0),
+                Poll::Ready(Err(e)) => Err(e),
+            };
             match eof {
                 Ok(false) => {}
                 // The client's side of the connection ended.

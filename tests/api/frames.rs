@@ -55,6 +55,26 @@ async fn a_broadcast_reaches_every_other_member_and_not_the_sender() {
 }
 
 #[actix_web::test]
+async fn rooms_on_threads_of_their_own_relay_the_same() {
+    // ROOM_ARBITERS > 0: rooms leave the worker threads for their own.
+    let app = spawn_app(&[("ROOM_ARBITERS", "2")]).await;
+    for _ in 0..2 {
+        let (_, mut m) = app.room_of(3).await;
+        let from = m[2].1.clone();
+        m[2].0
+            .send_json(json!({"type": "send", "data": "aGk", "id": "1"}))
+            .await;
+        assert_eq!(m[2].0.recv_json().await, json!({"type": "ack", "id": "1"}));
+        for (c, _) in m[..2].iter_mut() {
+            assert_eq!(
+                c.recv_json().await,
+                json!({"type": "message", "from": from, "data": "aGk"})
+            );
+        }
+    }
+}
+
+#[actix_web::test]
 async fn a_direct_send_reaches_only_its_target_marked_direct() {
     let app = spawn_app(&[]).await;
     let (_, mut m) = app.room_of(3).await;

@@ -55,7 +55,6 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
         ("WORKERS", "2"),
-        ("ROOM_ARBITERS", "2"),
         ("JOIN_TOKEN_SECRET", SECRET),
         ("LOG_LEVEL", "debug"),
         ("FEATURE_IP_TRACKING", "false"),
