@@ -127,6 +127,7 @@ pub struct Settings {
     pub presence_ttl_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub room_arbiters: usize,
+    pub colocate_max_members: usize,
 
     pub service_version: String,
     pub deployment_env: String,
@@ -554,6 +555,7 @@ impl Settings {
             presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
             shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000)?,
             room_arbiters: s.num("ROOM_ARBITERS", 0, 0, 256)?,
+            colocate_max_members: s.num("COLOCATE_MAX_MEMBERS", 32usize, 0, 1_000_000)?,
             service_version: s.string("SERVICE_VERSION", env!("CARGO_PKG_VERSION")),
             deployment_env: s.string("DEPLOYMENT_ENV", app_env.as_str()),
             instance_id: s.opt_string("INSTANCE_ID").unwrap_or_else(new_instance_id),

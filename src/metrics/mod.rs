@@ -43,6 +43,7 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     pub cluster_received: IntCounter,
     pub room_restarts: IntCounter,
+    pub session_moves: IntCounter,
     pub uptime_seconds: IntGauge,
     pub resident_memory_bytes: IntGauge,
 }
@@ -163,6 +164,11 @@ impl Metrics {
                 &r,
                 "blindrelay_room_restarts_total",
                 "Room actors restarted by their supervisor",
+            ),
+            session_moves: counter(
+                &r,
+                "blindrelay_session_moves_total",
+                "Sessions moved at join to the worker thread their room runs on",
             ),
             uptime_seconds: gauge(&r, "blindrelay_uptime_seconds", "Seconds since start"),
             resident_memory_bytes: gauge(

@@ -11,6 +11,7 @@
 //! operation here is a few map lookups under the lock and never waits.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ struct Entry {
     addr: Option<Addr<Room>>,
     /// The worker (index in `Inner::workers`) the live room runs on.
     worker: Option<usize>,
+    /// The live room's local members, kept by the room.
+    size: Arc<AtomicUsize>,
     /// Joins forwarded to the room actor.
     forwarded: u64,
     /// When the room last became empty (or was created empty).
@@ -123,6 +126,62 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Where a member about to join `room` from the worker thread `home`
+    /// should run: `Some(worker)` when the room runs on another worker and
+    /// has fewer than `max_members` local members (a
+    /// room that does not run yet is started first, where the placement
+    /// puts it). Colocated members reach their room, and it reaches them,
+    /// without waking another thread. `None` with room arbiters: rooms never
+    /// run where their members do.
+    pub fn place(
+        &self,
+        room: &Arc<str>,
+        home: (ThreadId, ArbiterHandle),
+        max_members: usize,
+    ) -> Option<ArbiterHandle> {
+        if !self.arbiters.is_empty() || max_members == 0 {
+            return None;
+        }
+        let mut inner = self.lock();
+        let home = inner.worker_index(home);
+        let worker = match inner.rooms.get(room) {
+            // A large room's fan-out is better shared by the threads its
+            // members are on: past `max_members`, members stay where they are.
+            Some(Entry {
+                addr: Some(_),
+                size,
+                ..
+            }) if size.load(Ordering::Relaxed) >= max_members => None,
+            Some(Entry {
+                addr: Some(_),
+                worker,
+                ..
+            }) => *worker,
+            _ => {
+                let size = Arc::<AtomicUsize>::default();
+                let (addr, worker) = self.spawn_room(&mut inner, room.clone(), home, size.clone());
+                let entry = inner.rooms.entry(room.clone()).or_insert(Entry {
+                    addr: None,
+                    worker: None,
+                    size: Arc::default(),
+                    forwarded: 0,
+                    idle_since: None,
+                });
+                entry.addr = Some(addr);
+                entry.worker = worker;
+                entry.size = size;
+                entry.forwarded = 0;
+                // Idle until the join arrives: if the member never makes it,
+                // the sweep retires the room.
+                entry.idle_since = Some(Instant::now());
+                worker
+            }
+        };
+        worker
+            .filter(|&w| w != home)
+            .map(|w| inner.workers[w].handle.clone())
+    }
+
     /// Joins `room`, creating its actor if needed. `home` is the joining
     /// session's worker thread.
     pub async fn join(
@@ -135,13 +194,15 @@ impl Registry {
             let mut inner = self.lock();
             let home = inner.worker_index(home);
             let existing = inner.rooms.get(&room).and_then(|e| e.addr.clone());
+            let size = Arc::<AtomicUsize>::default();
             let (addr, worker) = match existing {
                 Some(addr) => (addr, None),
-                None => self.spawn_room(&mut inner, room.clone(), home),
+                None => self.spawn_room(&mut inner, room.clone(), home, size.clone()),
             };
             let entry = inner.rooms.entry(room).or_insert(Entry {
                 addr: None,
                 worker: None,
+                size: Arc::default(),
                 forwarded: 0,
                 idle_since: None,
             });
@@ -149,6 +210,7 @@ impl Registry {
                 // A new room actor has handled no join yet.
                 entry.addr = Some(addr.clone());
                 entry.worker = worker;
+                entry.size = size;
                 entry.forwarded = 0;
             }
             entry.forwarded += 1;
@@ -174,6 +236,7 @@ impl Registry {
         inner: &mut Inner,
         id: Arc<str>,
         home: usize,
+        size: Arc<AtomicUsize>,
     ) -> (Addr<Room>, Option<usize>) {
         let (arbiter, worker) = match self.arbiters.len() {
             0 => {
@@ -199,7 +262,7 @@ impl Registry {
         let log = self.log.new(slog::o!("actor" => "room"));
         let me = self.me.clone();
         let addr = Supervisor::start_in_arbiter(&arbiter, move |_| {
-            Room::new(id, config, me, metrics, log)
+            Room::new(id, config, me, size, metrics, log)
         });
         (addr, worker)
     }
@@ -229,6 +292,7 @@ impl Registry {
         self.lock().rooms.entry(room.into()).or_insert(Entry {
             addr: None,
             worker: None,
+            size: Arc::default(),
             forwarded: 0,
             idle_since: Some(Instant::now()),
         });

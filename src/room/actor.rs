@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -75,6 +75,8 @@ pub struct Room {
     config: RoomConfig,
     /// Weak: the registry holds the rooms' addresses.
     registry: Weak<Registry>,
+    /// Members on this instance, for the registry to read.
+    size: Arc<AtomicUsize>,
     metrics: Metrics,
     log: slog::Logger,
     /// Joins handled so far; the registry compares it with the joins it
@@ -91,6 +93,7 @@ impl Room {
         id: Arc<str>,
         config: RoomConfig,
         registry: Weak<Registry>,
+        size: Arc<AtomicUsize>,
         metrics: Metrics,
         log: slog::Logger,
     ) -> Self {
@@ -112,6 +115,7 @@ impl Room {
             cluster,
             config,
             registry,
+            size,
             metrics,
             log,
             joins_seen: 0,
@@ -142,6 +146,7 @@ impl Room {
     /// others are told it left.
     fn kick(&mut self, id: &str) {
         if let Some((id, member)) = self.members.remove_entry(id) {
+            self.size.store(self.members.len(), Ordering::Relaxed);
             member.recipient.do_send(Deliver {
                 frame: Outgoing::Close(Close::SlowConsumer),
             });
@@ -272,6 +277,7 @@ impl Room {
         });
         self.broadcast(&server::member_joined(&id), None);
         self.members.insert(id.clone(), member);
+        self.size.store(self.members.len(), Ordering::Relaxed);
         if let Some(c) = &self.cluster {
             c.link.publish(&c.keys, &wire::joined(c.link.node, &id));
         }
@@ -610,6 +616,7 @@ impl Room {
 
     fn leave(&mut self, msg: Leave, ctx: &Context<Self>) {
         if self.members.remove(&msg.member).is_some() {
+            self.size.store(self.members.len(), Ordering::Relaxed);
             self.announce_left(&msg.member);
             self.leave_cluster(&msg.member);
         }

@@ -93,6 +93,10 @@ pub(crate) struct WsSession {
     /// Whether this session's end has been counted in the metrics.
     counted: bool,
     log: slog::Logger,
+    /// Set on a session that moved in from another thread: the room to join.
+    resume: Option<Arc<str>>,
+    /// This actor handed its connection to another thread: it ends silently.
+    moved_out: bool,
 }
 
 /// Starts the session actor on the current worker thread, for a connection
@@ -140,6 +144,8 @@ pub(crate) fn start(ticket: Ticket, stream: TcpStream, unread: BytesMut) {
             last_pong: Instant::now(),
             counted: false,
             log,
+            resume: None,
+            moved_out: false,
         }
     });
 }
@@ -148,9 +154,12 @@ impl Actor for WsSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.app.metrics.connections_total.inc();
-        self.app.metrics.connections_active.inc();
-        slog::info!(self.log, "session opened");
+        let resume = self.resume.take();
+        if resume.is_none() {
+            self.app.metrics.connections_total.inc();
+            self.app.metrics.connections_active.inc();
+            slog::info!(self.log, "session opened");
+        }
         let mut draining = self.app.draining.subscribe();
         ctx.spawn(
             async move {
@@ -184,9 +193,18 @@ impl Actor for WsSession {
                 });
             },
         );
+        if let Some(room) = resume {
+            match self.stream {
+                Some(_) => self.join_room(ctx, room),
+                None => self.abort(ctx),
+            }
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if self.moved_out {
+            return;
+        }
         self.leave_room();
         // Ended by the client (or the connection) if nothing else was recorded.
         self.record_end(CLIENT_CLOSED);
@@ -201,6 +219,48 @@ impl Actor for WsSession {
         let outbound = std::mem::replace(&mut self.outbound, Outbound::new(None));
         let deadline = Duration::from_millis(self.app.settings.ws_close_timeout_ms);
         actix_rt::spawn(linger(stream, outbound, slot, deadline));
+    }
+}
+
+/// A session on its way to another worker thread.
+struct Moving {
+    app: Arc<AppState>,
+    mode: Mode,
+    stream: std::net::TcpStream,
+    decoder: Decoder,
+    unread: BytesMut,
+    outbound: Outbound,
+    slot: ConnectionSlot,
+    budget: SendBudget,
+    log: slog::Logger,
+    /// The room to join on arrival.
+    room: Arc<str>,
+}
+
+impl Moving {
+    /// Runs on the new thread: registers the connection with its reactor
+    /// and rebuilds the session, which joins once started.
+    fn arrive(self, ctx: &mut Context<WsSession>) -> WsSession {
+        ctx.spawn(Pump);
+        WsSession {
+            app: self.app,
+            mode: self.mode,
+            phase: Phase::Joining,
+            // Failing to register leaves no connection: the session ends.
+            stream: TcpStream::from_std(self.stream).ok(),
+            decoder: self.decoder,
+            unread: self.unread,
+            outbound: self.outbound,
+            waker: None,
+            aborted: false,
+            slot: Some(self.slot),
+            budget: self.budget,
+            last_pong: Instant::now(),
+            counted: false,
+            log: self.log,
+            resume: Some(self.room),
+            moved_out: false,
+        }
     }
 }
 
@@ -342,28 +402,49 @@ impl WsSession {
         };
         self.phase = Phase::Joining;
         let app = self.app.clone();
-        let member = MemberHandle {
-            recipient: ctx.address().recipient(),
-            pending: self.outbound.pending.clone(),
-        };
         let home = (std::thread::current().id(), Arbiter::current());
-        let join = async move {
+        let admit = async move {
             match app.backend.burn(&claims.jti, claims.exp).await {
                 Ok(Burn::Fresh) => {}
                 Ok(Burn::Replayed) => return Err(Close::TokenReplayed),
                 // Replay protection cannot be checked: fail closed.
                 Err(StoreError::Unreachable(_)) => return Err(Close::TryAgainLater),
             }
-            match app.registry.join(claims.room.into(), member, home).await {
+            let room: Arc<str> = claims.room.into();
+            let there = app
+                .registry
+                .place(&room, home, app.settings.colocate_max_members);
+            Ok((room, there))
+        };
+        // `wait` holds every other event of this session (frames, timers)
+        // until the join is settled, so a `send` right behind the `join`
+        // finds the session joined.
+        ctx.wait(admit.into_actor(self).map(|res, act, ctx| match res {
+            Ok((room, None)) => act.join_room(ctx, room),
+            Ok((room, Some(there))) => act.move_to(ctx, there, room),
+            Err(close) => act.close(ctx, close),
+        }));
+    }
+
+    /// Joins `room` from this thread (the token has been checked and burnt).
+    fn join_room(&mut self, ctx: &mut Context<Self>, room: Arc<str>) {
+        if !matches!(self.phase, Phase::Joining) {
+            return;
+        }
+        let app = self.app.clone();
+        let member = MemberHandle {
+            recipient: ctx.address().recipient(),
+            pending: self.outbound.pending.clone(),
+        };
+        let home = (std::thread::current().id(), Arbiter::current());
+        let join = async move {
+            match app.registry.join(room, member, home).await {
                 Ok(joined) => Ok(joined),
                 Err(JoinRefused::RoomFull) => Err(Close::RoomFull),
                 Err(JoinRefused::TryLater) => Err(Close::TryAgainLater),
                 Err(JoinRefused::Unavailable) => Err(Close::Internal),
             }
         };
-        // `wait` holds every other event of this session (frames, timers)
-        // until the join is settled, so a `send` right behind the `join`
-        // finds the session joined.
         ctx.wait(join.into_actor(self).map(|res, act, ctx| match res {
             Ok(Joined { room, member }) => {
                 if matches!(act.phase, Phase::Joining) {
@@ -379,6 +460,42 @@ impl WsSession {
                 act.close(ctx, close)
             }
         }));
+    }
+
+    /// Moves this session, connection and all, to the worker thread its
+    /// room runs on (`COLOCATE_MAX_MEMBERS`), where a new actor picks it up and
+    /// joins. Nothing has been sent to the room yet, and frames the client
+    /// sent behind its join travel along, unread.
+    fn move_to(&mut self, ctx: &mut Context<Self>, there: ArbiterHandle, room: Arc<str>) {
+        if !matches!(self.phase, Phase::Joining) {
+            return;
+        }
+        let (Some(stream), Some(slot)) = (self.stream.take(), self.slot.take()) else {
+            return;
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.lost(ctx, e);
+                return;
+            }
+        };
+        self.moved_out = true;
+        self.app.metrics.session_moves.inc();
+        let moving = Moving {
+            app: self.app.clone(),
+            mode: self.mode,
+            stream,
+            decoder: std::mem::replace(&mut self.decoder, Decoder::new(0)),
+            unread: std::mem::take(&mut self.unread),
+            outbound: std::mem::replace(&mut self.outbound, Outbound::new(None)),
+            slot,
+            budget: self.budget.clone(),
+            log: self.log.clone(),
+            room,
+        };
+        ctx.stop();
+        WsSession::start_in_arbiter(&there, move |ctx| moving.arrive(ctx));
     }
 
     fn on_send(&mut self, ctx: &mut Context<Self>, text: &ByteString, send: SendFrame<'_>) {

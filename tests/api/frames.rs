@@ -74,6 +74,66 @@ async fn rooms_on_threads_of_their_own_relay_the_same() {
     }
 }
 
+/// Every member joins a small room with a `send` right behind its `join`,
+/// and every member then hears every other one.
+async fn a_small_room_relays_with_sends_behind_joins(app: &TestApp, n: usize) {
+    let room = unique("colocated");
+    let mut members = Vec::new();
+    for i in 0..n {
+        let mut c = app.connect().await;
+        c.send_json(json!({"type": "join", "token": token(&room)}))
+            .await;
+        c.send_json(json!({"type": "send", "data": format!("m{i}"), "id": "x"}))
+            .await;
+        let welcome = c.recv_json().await;
+        assert_eq!(welcome["type"], "welcome");
+        members.push(c);
+    }
+    // Each member's ack, and each member's own send reached those before it.
+    for (i, c) in members.iter_mut().enumerate() {
+        let mut acked = false;
+        let mut heard = 0;
+        while !acked || heard < n - 1 - i {
+            let v = c.recv_json().await;
+            match v["type"].as_str() {
+                Some("ack") => acked = true,
+                Some("message") => heard += 1,
+                Some("member_joined") => {}
+                other => panic!("unexpected {other:?}: {v}"),
+            }
+        }
+    }
+    members[0]
+        .send_json(json!({"type": "send", "data": "last"}))
+        .await;
+    for c in members[1..].iter_mut() {
+        assert_eq!(c.recv_json().await["data"], "last");
+    }
+}
+
+#[actix_web::test]
+async fn members_of_a_small_room_move_to_its_thread_and_frames_behind_the_join_follow() {
+    let app = spawn_app(&[("WORKERS", "2")]).await;
+    a_small_room_relays_with_sends_behind_joins(&app, 6).await;
+    // Connections alternate between the two workers: some had to move.
+    assert!(app.metric("blindrelay_session_moves_total").await >= 1.0);
+}
+
+#[actix_web::test]
+async fn with_colocation_off_no_member_moves() {
+    let app = spawn_app(&[("WORKERS", "2"), ("COLOCATE_MAX_MEMBERS", "0")]).await;
+    a_small_room_relays_with_sends_behind_joins(&app, 6).await;
+    assert_eq!(app.metric("blindrelay_session_moves_total").await, 0.0);
+}
+
+#[actix_web::test]
+async fn members_past_the_colocation_size_stay_on_their_thread() {
+    let app = spawn_app(&[("WORKERS", "2"), ("COLOCATE_MAX_MEMBERS", "1")]).await;
+    a_small_room_relays_with_sends_behind_joins(&app, 6).await;
+    // From the second member on, the room already has one.
+    assert_eq!(app.metric("blindrelay_session_moves_total").await, 0.0);
+}
+
 #[actix_web::test]
 async fn a_direct_send_reaches_only_its_target_marked_direct() {
     let app = spawn_app(&[]).await;
