@@ -156,6 +156,7 @@ impl Application {
             ready_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
             metrics_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
             draining,
+            sessions: Default::default(),
             ready: Default::default(),
             started,
             log: log.clone(),
@@ -323,6 +324,7 @@ impl AppHandle {
     pub fn begin_drain(&self) {
         self.state.ready.store(false, Ordering::Relaxed);
         self.state.draining.send_replace(true);
+        self.state.sessions.drain();
     }
 
     /// Graceful shutdown (PROTOCOL.md section 6): `/ready` turns 503,

@@ -30,6 +30,8 @@ pub(crate) struct AppState {
     /// Flips to true once, when graceful shutdown starts; every session
     /// watches it and closes with 1012.
     pub draining: watch::Sender<bool>,
+    /// Every live session, for the drain.
+    pub(crate) sessions: crate::session::Roster,
     /// True once the server accepts connections, false again while draining.
     pub ready: AtomicBool,
     pub started: Instant,

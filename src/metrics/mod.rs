@@ -4,8 +4,10 @@
 //! No label ever carries a room, member, IP or token.
 
 mod actor;
+mod sharded;
 
 pub use actor::{MetricsActor, Render};
+pub use sharded::ShardedCounter;
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -33,9 +35,9 @@ pub struct Metrics {
     pub connections_rejected: IntCounterVec,
     pub disconnects: IntCounterVec,
     pub rooms_active: IntGauge,
-    pub messages_received: IntCounter,
-    pub messages_delivered: IntCounter,
-    pub message_bytes_received: IntCounter,
+    pub messages_received: ShardedCounter,
+    pub messages_delivered: ShardedCounter,
+    pub message_bytes_received: ShardedCounter,
     pub redis_up: IntGauge,
     pub redis_roundtrip: Gauge,
     pub redis_reconnects: IntCounter,
@@ -50,6 +52,12 @@ pub struct Metrics {
 
 fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn sharded(reg: &Registry, name: &str, help: &str) -> ShardedCounter {
+    let c = ShardedCounter::new(name, help).expect("valid metric");
     reg.register(Box::new(c.clone())).expect("unique metric");
     c
 }
@@ -111,17 +119,17 @@ impl Metrics {
                 "blindrelay_rooms_active",
                 "Rooms with at least one member on this instance",
             ),
-            messages_received: counter(
+            messages_received: sharded(
                 &r,
                 "blindrelay_messages_received_total",
                 "send frames accepted",
             ),
-            messages_delivered: counter(
+            messages_delivered: sharded(
                 &r,
                 "blindrelay_messages_delivered_total",
                 "message frames handed to clients",
             ),
-            message_bytes_received: counter(
+            message_bytes_received: sharded(
                 &r,
                 "blindrelay_message_bytes_received_total",
                 "Bytes of data in accepted send frames",

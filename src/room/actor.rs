@@ -59,18 +59,23 @@ struct ClusterRoom {
     refreshing: bool,
     /// Remote members announced as left, and when: a presence read sent
     /// before that may still list them.
-    gone: HashMap<Arc<str>, Instant>,
+    gone: MemberMap<Instant>,
     /// Publications handed over by the bridge and not yet handled.
     inbound: Arc<Inbound>,
 }
 
+/// Maps keyed by member id. Member ids are drawn at random by the relay, so
+/// no client can choose keys that collide: a fast, seeded, non-DoS-hardened
+/// hash is enough (it is looked up for every message).
+type MemberMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
 pub struct Room {
     id: Arc<str>,
     /// Members on this instance.
-    members: HashMap<Arc<str>, MemberHandle>,
+    members: MemberMap<MemberHandle>,
     /// Members on other instances (cluster mode), as announced on the
     /// room's channel.
-    remote: HashMap<Arc<str>, RemoteMember>,
+    remote: MemberMap<RemoteMember>,
     cluster: Option<ClusterRoom>,
     config: RoomConfig,
     /// Weak: the registry holds the rooms' addresses.
@@ -105,13 +110,13 @@ impl Room {
             degraded: false,
             grace_until: None,
             refreshing: false,
-            gone: HashMap::new(),
+            gone: MemberMap::default(),
             inbound: Arc::default(),
         });
         Room {
             id,
-            members: HashMap::new(),
-            remote: HashMap::new(),
+            members: MemberMap::default(),
+            remote: MemberMap::default(),
             cluster,
             config,
             registry,
@@ -136,9 +141,10 @@ impl Room {
                 return false;
             }
         }
-        member.recipient.do_send(Deliver {
-            frame: Outgoing::Frame(frame.clone()),
-        });
+        if !member.inbox.push(frame.clone()) {
+            // The session has ended; its leave is on the way.
+            member.pending.fetch_sub(len, Ordering::Relaxed);
+        }
         true
     }
 
@@ -147,8 +153,8 @@ impl Room {
     fn kick(&mut self, id: &str) {
         if let Some((id, member)) = self.members.remove_entry(id) {
             self.size.store(self.members.len(), Ordering::Relaxed);
-            member.recipient.do_send(Deliver {
-                frame: Outgoing::Close(Close::SlowConsumer),
+            member.recipient.do_send(CloseMember {
+                close: Close::SlowConsumer,
             });
             self.announce_left(&id);
             self.leave_cluster(&id);
@@ -270,11 +276,11 @@ impl Room {
                 .map(|k| k.as_ref()),
         );
         // The welcome is the first frame a member sees; it goes through the
-        // same mailbox as everything after it, so nothing overtakes it.
+        // same inbox as everything after it, so nothing overtakes it.
         member.pending.fetch_add(welcome.len(), Ordering::Relaxed);
-        member.recipient.do_send(Deliver {
-            frame: Outgoing::Frame(welcome),
-        });
+        if !member.inbox.push(welcome.clone()) {
+            member.pending.fetch_sub(welcome.len(), Ordering::Relaxed);
+        }
         self.broadcast(&server::member_joined(&id), None);
         self.members.insert(id.clone(), member);
         self.size.store(self.members.len(), Ordering::Relaxed);
@@ -566,7 +572,7 @@ impl Room {
             None => {
                 self.count_received(msg.data_len);
                 let frame = match &self.cluster {
-                    None => server::message(&msg.from, &msg.data, false),
+                    None => server::message(&msg.from, msg.data(), false),
                     Some(c) => {
                         // One buffer: the payload for the other instances,
                         // whose tail is the frame for the local members.
@@ -575,7 +581,7 @@ impl Room {
                         // announcement is still on its way.
                         let mut buf = wire::broadcast_header(c.link.node);
                         let at = buf.len();
-                        server::write_message(&mut buf, &msg.from, &msg.data, false);
+                        server::write_message(&mut buf, &msg.from, msg.data(), false);
                         let payload = buf.freeze();
                         c.link.publish(&c.keys, &payload);
                         payload.slice(at..)
@@ -585,14 +591,14 @@ impl Room {
             }
             Some(to) if to != &*msg.from && self.members.contains_key(to) => {
                 self.count_received(msg.data_len);
-                let frame = server::message(&msg.from, &msg.data, true);
+                let frame = server::message(&msg.from, msg.data(), true);
                 u64::from(self.send_to(to, &frame))
             }
             Some(to) if to != &*msg.from && self.remote.contains_key(to) => {
                 self.count_received(msg.data_len);
                 if let Some(c) = &self.cluster {
                     let mut buf = wire::direct_header(c.link.node, to);
-                    server::write_message(&mut buf, &msg.from, &msg.data, true);
+                    server::write_message(&mut buf, &msg.from, msg.data(), true);
                     c.link.publish(&c.keys, &buf.freeze());
                 }
                 0

@@ -17,13 +17,14 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::outbound::{echo_frame, Outbound};
+use super::roster::Drain;
 use crate::cluster::StoreError;
 use crate::limits::{ConnectionSlot, SendBudget};
 use crate::metrics::{CLIENT_CLOSED, PING_TIMEOUT};
 use crate::protocol::{server, ClientFrame, Close, ErrorCode, SendFrame};
 use crate::registry::Joined;
 use crate::replay::Burn;
-use crate::room::{Deliver, JoinRefused, Leave, MemberHandle, Outgoing, Publish, Room};
+use crate::room::{CloseMember, Inbox, JoinRefused, Leave, MemberHandle, Publish, Room};
 use crate::state::AppState;
 use crate::ws::{Decoder, Message, WsError};
 
@@ -81,6 +82,8 @@ pub(crate) struct WsSession {
     /// back while a join settles. Empty (unallocated) when idle.
     unread: BytesMut,
     outbound: Outbound,
+    /// Frames from the room, moved into `outbound` at each turn.
+    inbox: Arc<Inbox>,
     /// Wakes the connection pump for frames queued outside it (pings).
     waker: Option<Waker>,
     /// Closing without a close handshake: drop the socket at once.
@@ -97,6 +100,10 @@ pub(crate) struct WsSession {
     resume: Option<Arc<str>>,
     /// This actor handed its connection to another thread: it ends silently.
     moved_out: bool,
+    /// This session's place in the roster of live sessions.
+    roster_id: Option<u64>,
+    /// The join timeout, cancelled once joined.
+    join_timer: Option<SpawnHandle>,
 }
 
 /// Starts the session actor on the current worker thread, for a connection
@@ -137,6 +144,7 @@ pub(crate) fn start(ticket: Ticket, stream: TcpStream, unread: BytesMut) {
             decoder: Decoder::new(max),
             unread,
             outbound: Outbound::new(limit),
+            inbox: Arc::default(),
             waker: None,
             aborted: false,
             slot: Some(slot),
@@ -146,6 +154,8 @@ pub(crate) fn start(ticket: Ticket, stream: TcpStream, unread: BytesMut) {
             log,
             resume: None,
             moved_out: false,
+            roster_id: None,
+            join_timer: None,
         }
     });
 }
@@ -160,23 +170,22 @@ impl Actor for WsSession {
             self.app.metrics.connections_active.inc();
             slog::info!(self.log, "session opened");
         }
-        let mut draining = self.app.draining.subscribe();
-        ctx.spawn(
-            async move {
-                let _ = draining.wait_for(|d| *d).await;
-            }
-            .into_actor(self)
-            .map(|_, act, ctx| act.close(ctx, Close::Shutdown)),
-        );
+        match self.app.sessions.enter(ctx.address().recipient()) {
+            Some(id) => self.roster_id = Some(id),
+            None => return self.close(ctx, Close::Shutdown),
+        }
         if self.mode == Mode::Echo {
             return;
         }
         let s = &self.app.settings;
-        ctx.run_later(Duration::from_millis(s.join_timeout_ms), |act, ctx| {
-            if matches!(act.phase, Phase::AwaitingJoin) {
-                act.close(ctx, Close::JoinTimeout);
-            }
-        });
+        self.join_timer = Some(ctx.run_later(
+            Duration::from_millis(s.join_timeout_ms),
+            |act, ctx| {
+                if matches!(act.phase, Phase::AwaitingJoin) {
+                    act.close(ctx, Close::JoinTimeout);
+                }
+            },
+        ));
         let timeout = Duration::from_millis(s.ws_ping_timeout_ms);
         ctx.run_interval(
             Duration::from_millis(s.ws_ping_interval_ms),
@@ -202,9 +211,16 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(id) = self.roster_id.take() {
+            self.app.sessions.leave(id);
+        }
         if self.moved_out {
             return;
         }
+        let dropped = self.inbox.close();
+        self.outbound
+            .pending
+            .fetch_sub(dropped, std::sync::atomic::Ordering::Relaxed);
         self.leave_room();
         // Ended by the client (or the connection) if nothing else was recorded.
         self.record_end(CLIENT_CLOSED);
@@ -230,6 +246,7 @@ struct Moving {
     decoder: Decoder,
     unread: BytesMut,
     outbound: Outbound,
+    inbox: Arc<Inbox>,
     slot: ConnectionSlot,
     budget: SendBudget,
     log: slog::Logger,
@@ -251,6 +268,7 @@ impl Moving {
             decoder: self.decoder,
             unread: self.unread,
             outbound: self.outbound,
+            inbox: self.inbox,
             waker: None,
             aborted: false,
             slot: Some(self.slot),
@@ -260,6 +278,8 @@ impl Moving {
             log: self.log,
             resume: Some(self.room),
             moved_out: false,
+            roster_id: None,
+            join_timer: None,
         }
     }
 }
@@ -383,7 +403,15 @@ impl WsSession {
         };
         match frame {
             ClientFrame::Join { token } => self.on_join(ctx, &token),
-            ClientFrame::Send(send) => self.on_send(ctx, &text, send),
+            ClientFrame::Send(send) => {
+                if let Some(mut publish) = self.on_send(ctx, &text, send) {
+                    if let Phase::Joined { room, .. } = &self.phase {
+                        // The frame itself travels to the room: moved, not copied.
+                        publish.text = text;
+                        room.do_send(publish);
+                    }
+                }
+            }
             ClientFrame::Leave => self.close(ctx, Close::Leave),
         }
     }
@@ -434,6 +462,7 @@ impl WsSession {
         let app = self.app.clone();
         let member = MemberHandle {
             recipient: ctx.address().recipient(),
+            inbox: self.inbox.clone(),
             pending: self.outbound.pending.clone(),
         };
         let home = (std::thread::current().id(), Arbiter::current());
@@ -449,6 +478,10 @@ impl WsSession {
             Ok(Joined { room, member }) => {
                 if matches!(act.phase, Phase::Joining) {
                     act.phase = Phase::Joined { room, member };
+                    // Every timer is polled on each turn of the session.
+                    if let Some(t) = act.join_timer.take() {
+                        ctx.cancel_future(t);
+                    }
                 } else {
                     room.do_send(Leave { member });
                 }
@@ -489,6 +522,7 @@ impl WsSession {
             decoder: std::mem::replace(&mut self.decoder, Decoder::new(0)),
             unread: std::mem::take(&mut self.unread),
             outbound: std::mem::replace(&mut self.outbound, Outbound::new(None)),
+            inbox: self.inbox.clone(),
             slot,
             budget: self.budget.clone(),
             log: self.log.clone(),
@@ -498,33 +532,47 @@ impl WsSession {
         WsSession::start_in_arbiter(&there, move |ctx| moving.arrive(ctx));
     }
 
-    fn on_send(&mut self, ctx: &mut Context<Self>, text: &ByteString, send: SendFrame<'_>) {
-        let Phase::Joined { room, member } = &self.phase else {
+    /// Checks a `send`; returns the `Publish` for it (its `text` still to
+    /// be filled in) when it is to be relayed.
+    fn on_send(
+        &mut self,
+        ctx: &mut Context<Self>,
+        text: &ByteString,
+        send: SendFrame<'_>,
+    ) -> Option<Publish> {
+        let Phase::Joined { member, .. } = &self.phase else {
             slog::debug!(self.log, "invalid frame"; "problem" => "send before join");
-            return self.close(ctx, Close::InvalidFrame);
+            self.close(ctx, Close::InvalidFrame);
+            return None;
         };
         let too_large = send.data_len > self.app.settings.max_message_bytes;
         // An oversized send is not relayed, so only its count is charged.
         let charged = if too_large { 0 } else { send.data_len };
         if !self.budget.charge(charged, Instant::now()) {
-            return self.close(ctx, Close::RateLimited);
+            self.close(ctx, Close::RateLimited);
+            return None;
         }
         if too_large {
             let err = server::error(ErrorCode::MessageTooLarge, send.id.as_deref());
-            return self.queue(ctx, err);
+            self.queue(ctx, err);
+            return None;
         }
         if send.to.as_deref() == Some(&**member) {
             let err = server::error(ErrorCode::UnknownMember, send.id.as_deref());
-            return self.queue(ctx, err);
+            self.queue(ctx, err);
+            return None;
         }
-        room.do_send(Publish {
+        // `send.data` borrows from `text`.
+        let start = send.data.as_ptr() as usize - text.as_ptr() as usize;
+        let publish = Publish {
             from: member.clone(),
-            // A slice of the frame the client sent: shared, not copied.
-            data: text.slice_ref(send.data),
+            text: ByteString::new(),
+            data: start..start + send.data.len(),
             data_len: send.data_len,
             to: send.to.map(|t| t.into()),
             ack: send.id.map(|i| i.into()),
-        });
+        };
+        Some(publish)
     }
 
     fn on_client_close(&mut self, ctx: &mut Context<Self>, code: Option<u16>) {
@@ -546,16 +594,21 @@ fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
-impl Handler<Deliver> for WsSession {
+impl Handler<Drain> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        match msg.frame {
-            Outgoing::Frame(frame) => self.outbound.push_counted(frame),
-            // The room has already removed this member; the `Leave` that
-            // `close` still sends lets it notice when that left it empty.
-            Outgoing::Close(close) => self.close(ctx, close),
-        }
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
+        self.close(ctx, Close::Shutdown);
+    }
+}
+
+impl Handler<CloseMember> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseMember, ctx: &mut Self::Context) {
+        // The room has already removed this member; the `Leave` that
+        // `close` still sends lets it notice when that left it empty.
+        self.close(ctx, msg.close);
     }
 }
 
@@ -569,6 +622,10 @@ impl WsSession {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
+        let Self {
+            inbox, outbound, ..
+        } = self;
+        inbox.take(cx.waker(), |frame| outbound.push_counted(frame));
         if !self.unread.is_empty() {
             self.handle_bytes(ctx, None);
         }

@@ -6,5 +6,7 @@
 
 mod actor;
 mod outbound;
+mod roster;
 
 pub(crate) use actor::{start, Mode, Ticket};
+pub(crate) use roster::Roster;

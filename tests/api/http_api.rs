@@ -1,5 +1,7 @@
 //! The HTTP API (PROTOCOL.md section 3).
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -486,4 +488,86 @@ async fn in_production_an_empty_origin_list_allows_no_browser_origin() {
     }
     // clients that send no Origin (native apps) are not affected
     app.connect().await;
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it
+/// (or `within` passes).
+async fn raw_exchange(port: u16, bytes: &[u8], within: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn upgrade_request(path: &str, version: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
+}
+
+#[actix_web::test]
+async fn an_upgrade_on_another_path_gets_that_path_answer_and_the_connection_closes() {
+    let app = spawn_app(&[]).await;
+    let health = raw_exchange(
+        app.port,
+        upgrade_request("/health", "13").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.to_ascii_lowercase().contains("connection: close"),
+        "{health}"
+    );
+    let unknown = raw_exchange(
+        app.port,
+        upgrade_request("/nope", "13").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+}
+
+#[actix_web::test]
+async fn an_upgrade_with_another_websocket_version_is_refused_with_400() {
+    let app = spawn_app(&[]).await;
+    let res = raw_exchange(
+        app.port,
+        upgrade_request("/v1/ws", "8").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    assert!(res.contains("bad_upgrade"), "{res}");
+    // The instance keeps serving upgrades.
+    let (_, welcome) = app.join(&unique("after-bad-upgrade")).await;
+    assert_eq!(welcome["type"], "welcome");
+}
+
+#[actix_web::test]
+async fn a_join_sent_in_the_same_packet_as_the_upgrade_is_not_lost() {
+    let app = spawn_app(&[]).await;
+    let room = unique("pipelined");
+    let join = serde_json::to_vec(&json!({"type": "join", "token": token(&room)})).unwrap();
+    let mut bytes = upgrade_request("/v1/ws", "13").into_bytes();
+    // A masked client text frame.
+    let mask = [1u8, 2, 3, 4];
+    bytes.push(0x81);
+    assert!(join.len() < 65536);
+    if join.len() < 126 {
+        bytes.push(0x80 | join.len() as u8);
+    } else {
+        bytes.push(0x80 | 126);
+        bytes.extend_from_slice(&(join.len() as u16).to_be_bytes());
+    }
+    bytes.extend_from_slice(&mask);
+    bytes.extend(join.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let res = raw_exchange(app.port, &bytes, Duration::from_millis(500)).await;
+    assert!(res.starts_with("HTTP/1.1 101"), "{res}");
+    assert!(res.contains(r#""type":"welcome""#), "{res}");
 }
