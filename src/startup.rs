@@ -173,8 +173,9 @@ impl Application {
         let listener = TcpListener::bind((s.host.as_str(), s.port))
             .with_context(|| format!("binding {}:{} (HOST, PORT)", s.host, s.port))?;
         let port = listener.local_addr()?.port();
-        let settings_data = web::Data::new(settings.clone());
         let tcp_user_timeout = Duration::from_millis(s.tcp_user_timeout_ms);
+        let per_connection = !tune_listener(&listener, tcp_user_timeout);
+        let settings_data = web::Data::new(settings.clone());
         let app_state = state.clone();
         let route_settings = settings.clone();
         let make_app = move || {
@@ -206,7 +207,9 @@ impl Application {
                     .keep_alive(keep_alive)
                     .client_disconnect_timeout(Duration::ZERO)
                     .on_connect_ext(move |io: &TcpStream, _: &mut Extensions| {
-                        tune_socket(io, tcp_user_timeout)
+                        if per_connection {
+                            tune_socket(io, tcp_user_timeout)
+                        }
                     })
                     .upgrade(http::upgrade_factory(
                         move || upgrade_app().into_factory(),
@@ -273,6 +276,24 @@ fn tune_socket(stream: &TcpStream, timeout: Duration) {
     }
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
     let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout));
+}
+
+/// The same options on the listening socket, where Linux has every accepted
+/// connection inherit them: two system calls fewer per connection (a
+/// connection storm's profile counts them). False where that does not hold,
+/// and connections are tuned one by one.
+fn tune_listener(listener: &TcpListener, timeout: Duration) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let sock = socket2::SockRef::from(listener);
+        let user_timeout = timeout.is_zero() || sock.set_tcp_user_timeout(Some(timeout)).is_ok();
+        sock.set_tcp_nodelay(true).is_ok() && user_timeout
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (listener, timeout);
+        false
+    }
 }
 
 async fn wait_for_signal() {
@@ -360,5 +381,25 @@ impl AppHandle {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         slog::info!(state.log, "stopped"; "sessions_left" => state.connections.active());
         self.server.stop(true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_connections_inherit_the_listener_tcp_options() {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        assert!(tune_listener(&listener, Duration::from_millis(12_345)));
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(12_345))
+        );
     }
 }

@@ -261,9 +261,13 @@ impl Registry {
         let metrics = self.metrics.clone();
         let log = self.log.new(slog::o!("actor" => "room"));
         let me = self.me.clone();
-        let addr = Supervisor::start_in_arbiter(&arbiter, move |_| {
-            Room::new(id, config, me, size, metrics, log)
-        });
+        let make = move |_: &mut Context<Room>| Room::new(id, config, me, size, metrics, log);
+        // `home` is the calling session's own thread: start there directly
+        // rather than through the arbiter's queue.
+        let addr = match worker {
+            Some(w) if w == home => Supervisor::start(make),
+            _ => Supervisor::start_in_arbiter(&arbiter, make),
+        };
         (addr, worker)
     }
 

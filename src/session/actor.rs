@@ -232,9 +232,27 @@ impl Actor for WsSession {
             self.outbound.clear();
             return;
         }
-        let outbound = std::mem::replace(&mut self.outbound, Outbound::new(None));
         let deadline = Duration::from_millis(self.app.settings.ws_close_timeout_ms);
-        actix_rt::spawn(linger(stream, outbound, slot, deadline));
+        // Most closes fit in the socket buffer: write them now, so the close
+        // frame and the FIN leave in this turn rather than the next.
+        match self.outbound.write_to(&stream) {
+            Ok(true) => {
+                drop(slot);
+                if socket2::SockRef::from(&stream)
+                    .shutdown(std::net::Shutdown::Write)
+                    .is_ok()
+                {
+                    actix_rt::spawn(async move {
+                        let _ = tokio::time::timeout(deadline, await_fin(&stream)).await;
+                    });
+                }
+            }
+            Ok(false) => {
+                let outbound = std::mem::replace(&mut self.outbound, Outbound::new(None));
+                actix_rt::spawn(linger(stream, outbound, slot, deadline));
+            }
+            Err(_) => self.outbound.clear(),
+        }
     }
 }
 
@@ -300,19 +318,24 @@ async fn linger(
         }
         drop(slot);
         socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write)?;
-        let mut sink = [0u8; 256];
-        loop {
-            stream.readable().await?;
-            match stream.try_read(&mut sink) {
-                Ok(0) => return Ok::<_, io::Error>(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
+        await_fin(&stream).await
     };
     let _ = tokio::time::timeout(deadline, finish).await;
     outbound.clear();
+}
+
+/// Reads (and drops) what the client still sends until its FIN.
+async fn await_fin(stream: &TcpStream) -> io::Result<()> {
+    let mut sink = [0u8; 256];
+    loop {
+        stream.readable().await?;
+        match stream.try_read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The connection as an item of the session's context: polled after every
