@@ -573,3 +573,54 @@ async fn after_the_close_frames_the_server_closes_the_connection() {
         tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = c.ws.next().await {} }).await;
     assert!(rest.is_ok(), "the server closed the TCP connection");
 }
+
+#[actix_web::test]
+async fn a_client_that_never_reads_loses_its_connection_and_slot_within_the_close_timeout() {
+    let app = spawn_app(&[
+        ("SLOW_CONSUMER_BUFFER_THRESHOLD", "262144"),
+        ("MAX_MSGS_PER_10S", "100000"),
+        ("MAX_BYTES_PER_10S", "1000000000"),
+        ("MAX_CONNS_PER_IP", "2"),
+        ("WS_CLOSE_TIMEOUT_MS", "300"),
+        ("TCP_USER_TIMEOUT_MS", "30000"),
+    ])
+    .await;
+    let (_, mut m) = app.room_of(2).await;
+    // Never read again: its socket buffers fill, then the close frame
+    // cannot be written.
+    let (_slow, _) = m.remove(1);
+    let data = "z".repeat(60_000);
+    for i in 0..1000 {
+        m[0].0
+            .send_json(json!({"type": "send", "data": data, "id": i.to_string()}))
+            .await;
+        if m[0].0.recv_json().await["type"] == "member_left" {
+            break;
+        }
+    }
+    // The limit is full until the slow client's connection is gone: that
+    // must take about WS_CLOSE_TIMEOUT_MS, not TCP_USER_TIMEOUT_MS.
+    let url = format!("ws://127.0.0.1:{}/v1/ws", app.port);
+    let started = std::time::Instant::now();
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(_) => break,
+            Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the slot was not given back: {e}"),
+        }
+    }
+    // The sender was not disturbed (the ack of the send that tipped the
+    // slow member over may still be ahead of this one).
+    m[0].0
+        .send_json(json!({"type": "send", "data": "x", "id": "last"}))
+        .await;
+    loop {
+        let f = m[0].0.recv_json().await;
+        assert_eq!(f["type"], "ack", "{f}");
+        if f["id"] == "last" {
+            break;
+        }
+    }
+}
