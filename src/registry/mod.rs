@@ -37,6 +37,12 @@ pub struct Joined {
     pub room: Addr<Room>,
     /// The id the room gave the member.
     pub member: Arc<str>,
+    /// The room's count of local members, which the member lowers itself
+    /// the moment it leaves (see [`Registry::place`]).
+    pub size: Arc<AtomicUsize>,
+    /// The member count of the worker the room runs on, which the member
+    /// lowers as it leaves (placement balances members, not rooms).
+    pub load: Option<Arc<AtomicUsize>>,
 }
 
 /// Sent by a room that has no members left.
@@ -66,8 +72,9 @@ struct Entry {
 struct Worker {
     thread: ThreadId,
     handle: ArbiterHandle,
-    /// Live rooms on it.
-    rooms: usize,
+    /// Members in rooms on it: raised at each join, lowered by the member
+    /// itself as it leaves.
+    members: Arc<AtomicUsize>,
 }
 
 struct Inner {
@@ -146,12 +153,16 @@ impl Registry {
         let home = inner.worker_index(home);
         let worker = match inner.rooms.get(room) {
             // A large room's fan-out is better shared by the threads its
-            // members are on: past `max_members`, members stay where they are.
+            // members are on: past `max_members`, members stay where they
+            // are. Nor is a room worth moving to when it has nobody left
+            // (its last members lower the count as they leave, before the
+            // room has handled their leaves): under churn it is about to be
+            // retired, and the next one will start here.
             Some(Entry {
                 addr: Some(_),
                 size,
                 ..
-            }) if size.load(Ordering::Relaxed) >= max_members => None,
+            }) if !(1..max_members).contains(&size.load(Ordering::Relaxed)) => None,
             Some(Entry {
                 addr: Some(_),
                 worker,
@@ -190,7 +201,7 @@ impl Registry {
         member: MemberHandle,
         home: (ThreadId, ArbiterHandle),
     ) -> Result<Joined, JoinRefused> {
-        let addr = {
+        let (addr, size, load) = {
             let mut inner = self.lock();
             let home = inner.worker_index(home);
             let existing = inner.rooms.get(&room).and_then(|e| e.addr.clone());
@@ -215,10 +226,26 @@ impl Registry {
             }
             entry.forwarded += 1;
             entry.idle_since = None;
-            addr
+            let (worker, size) = (entry.worker, entry.size.clone());
+            let load = worker.map(|w| inner.workers[w].members.clone());
+            (addr, size, load)
         };
-        match addr.send(Join { member }).await {
-            Ok(Ok(member)) => Ok(Joined { room: addr, member }),
+        if let Some(l) = &load {
+            l.fetch_add(1, Ordering::Relaxed);
+        }
+        let joined = addr.send(Join { member }).await;
+        if !matches!(joined, Ok(Ok(_))) {
+            if let Some(l) = &load {
+                l.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        match joined {
+            Ok(Ok(member)) => Ok(Joined {
+                room: addr,
+                member,
+                size,
+                load,
+            }),
             Ok(Err(refused)) => Err(refused),
             Err(_) => Err(JoinRefused::Unavailable),
         }
@@ -228,9 +255,9 @@ impl Registry {
     /// by default on a worker thread, preferably the opener's. There the
     /// opener's frames reach the room, and the room's reach it, without
     /// waking another thread, and the process keeps one busy thread per
-    /// core. A worker with more than its share of rooms passes the new one
-    /// to the least loaded: clients connecting in order would otherwise put
-    /// every room's opener, and every room, on one worker.
+    /// core. A worker with clearly more than its share of members passes
+    /// the new room to the least loaded: clients connecting in order would
+    /// otherwise put every room's opener, and every room, on one worker.
     fn spawn_room(
         &self,
         inner: &mut Inner,
@@ -240,16 +267,16 @@ impl Registry {
     ) -> (Addr<Room>, Option<usize>) {
         let (arbiter, worker) = match self.arbiters.len() {
             0 => {
+                let load = |i: usize| inner.workers[i].members.load(Ordering::Relaxed);
                 let n = inner.workers.len();
-                let total: usize = inner.workers.iter().map(|w| w.rooms).sum();
-                let idx = if inner.workers[home].rooms * n <= total + n {
+                let fair = (0..n).map(load).sum::<usize>() / n;
+                // Some slack, so that churn (rooms opened and closed all the
+                // time) does not move their openers back and forth.
+                let idx = if load(home) <= fair + fair / 8 + 2 {
                     home
                 } else {
-                    (0..n)
-                        .min_by_key(|&i| inner.workers[i].rooms)
-                        .unwrap_or(home)
+                    (0..n).min_by_key(|&i| load(i)).unwrap_or(home)
                 };
-                inner.workers[idx].rooms += 1;
                 (inner.workers[idx].handle.clone(), Some(idx))
             }
             n => {
@@ -275,8 +302,7 @@ impl Registry {
     pub fn room_empty(&self, msg: RoomEmpty) {
         let auto_cleanup = self.config.auto_cleanup;
         let mut inner = self.lock();
-        let Inner { rooms, workers, .. } = &mut *inner;
-        if let Some(entry) = rooms.get_mut(&msg.room) {
+        if let Some(entry) = inner.rooms.get_mut(&msg.room) {
             // A join forwarded after the room reported empty is still in its
             // mailbox: the room is not empty after all.
             if entry.addr.as_ref() != Some(&msg.addr) || entry.forwarded != msg.joins_seen {
@@ -286,7 +312,7 @@ impl Registry {
             if auto_cleanup {
                 // Dropping the last address stops the room actor once the
                 // sessions that used it are gone too.
-                retire(workers, entry);
+                retire(entry);
             }
         }
     }
@@ -328,11 +354,10 @@ impl Registry {
     fn sweep(&self) {
         let ttl = self.config.idle_ttl;
         let mut inner = self.lock();
-        let Inner { rooms, workers, .. } = &mut *inner;
-        rooms.retain(|_, e| {
+        inner.rooms.retain(|_, e| {
             let keep = e.idle_since.is_none_or(|t| t.elapsed() < ttl);
             if !keep {
-                retire(workers, e);
+                retire(e);
             }
             keep
         });
@@ -371,7 +396,7 @@ impl Inner {
                 self.workers.push(Worker {
                     thread,
                     handle,
-                    rooms: 0,
+                    members: Arc::default(),
                 });
                 self.workers.len() - 1
             }
@@ -380,9 +405,7 @@ impl Inner {
 }
 
 /// The room of `entry` is retired (its actor stops once unused).
-fn retire(workers: &mut [Worker], entry: &mut Entry) {
+fn retire(entry: &mut Entry) {
     entry.addr = None;
-    if let Some(w) = entry.worker.take() {
-        workers[w].rooms -= 1;
-    }
+    entry.worker = None;
 }

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -57,6 +58,10 @@ enum Phase {
     Joined {
         room: Addr<Room>,
         member: Arc<str>,
+        /// The room's local member count, lowered at once on leaving.
+        size: Arc<AtomicUsize>,
+        /// Its worker's member count, likewise.
+        load: Option<Arc<AtomicUsize>>,
     },
     /// Closed or closing; frames still arriving are ignored.
     Done,
@@ -366,7 +371,17 @@ impl WsSession {
     }
 
     fn leave_room(&mut self) {
-        if let Phase::Joined { room, member } = std::mem::replace(&mut self.phase, Phase::Done) {
+        if let Phase::Joined {
+            room,
+            member,
+            size,
+            load,
+        } = std::mem::replace(&mut self.phase, Phase::Done)
+        {
+            let _ = size.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if let Some(load) = load {
+                load.fetch_sub(1, Ordering::Relaxed);
+            }
             room.do_send(Leave { member });
         }
     }
@@ -498,9 +513,19 @@ impl WsSession {
             }
         };
         ctx.wait(join.into_actor(self).map(|res, act, ctx| match res {
-            Ok(Joined { room, member }) => {
+            Ok(Joined {
+                room,
+                member,
+                size,
+                load,
+            }) => {
                 if matches!(act.phase, Phase::Joining) {
-                    act.phase = Phase::Joined { room, member };
+                    act.phase = Phase::Joined {
+                        room,
+                        member,
+                        size,
+                        load,
+                    };
                     // Every timer is polled on each turn of the session.
                     if let Some(t) = act.join_timer.take() {
                         ctx.cancel_future(t);
