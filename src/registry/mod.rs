@@ -56,6 +56,7 @@ pub struct RoomEmpty {
     pub addr: Addr<Room>,
 }
 
+#[derive(Default)]
 struct Entry {
     addr: Option<Addr<Room>>,
     /// The worker (index in `Inner::workers`) the live room runs on.
@@ -169,22 +170,12 @@ impl Registry {
                 ..
             }) => *worker,
             _ => {
-                let size = Arc::<AtomicUsize>::default();
-                let (addr, worker) = self.spawn_room(&mut inner, room.clone(), home, size.clone());
-                let entry = inner.rooms.entry(room.clone()).or_insert(Entry {
-                    addr: None,
-                    worker: None,
-                    size: Arc::default(),
-                    forwarded: 0,
-                    idle_since: None,
-                });
-                entry.addr = Some(addr);
-                entry.worker = worker;
-                entry.size = size;
-                entry.forwarded = 0;
+                let worker = self.start_room(&mut inner, room, home);
                 // Idle until the join arrives: if the member never makes it,
                 // the sweep retires the room.
-                entry.idle_since = Some(Instant::now());
+                if let Some(e) = inner.rooms.get_mut(room) {
+                    e.idle_since = Some(Instant::now());
+                }
                 worker
             }
         };
@@ -204,26 +195,15 @@ impl Registry {
         let (addr, size, load) = {
             let mut inner = self.lock();
             let home = inner.worker_index(home);
-            let existing = inner.rooms.get(&room).and_then(|e| e.addr.clone());
-            let size = Arc::<AtomicUsize>::default();
-            let (addr, worker) = match existing {
-                Some(addr) => (addr, None),
-                None => self.spawn_room(&mut inner, room.clone(), home, size.clone()),
-            };
-            let entry = inner.rooms.entry(room).or_insert(Entry {
-                addr: None,
-                worker: None,
-                size: Arc::default(),
-                forwarded: 0,
-                idle_since: None,
-            });
-            if entry.addr.as_ref() != Some(&addr) {
-                // A new room actor has handled no join yet.
-                entry.addr = Some(addr.clone());
-                entry.worker = worker;
-                entry.size = size;
-                entry.forwarded = 0;
+            if inner.rooms.get(&room).is_none_or(|e| e.addr.is_none()) {
+                self.start_room(&mut inner, &room, home);
             }
+            let Some(entry) = inner.rooms.get_mut(&room) else {
+                return Err(JoinRefused::Unavailable);
+            };
+            let Some(addr) = entry.addr.clone() else {
+                return Err(JoinRefused::Unavailable);
+            };
             entry.forwarded += 1;
             entry.idle_since = None;
             let (worker, size) = (entry.worker, entry.size.clone());
@@ -249,6 +229,19 @@ impl Registry {
             Ok(Err(refused)) => Err(refused),
             Err(_) => Err(JoinRefused::Unavailable),
         }
+    }
+
+    /// Starts `room`'s actor and records it as the room's live actor (a new
+    /// actor has handled no join yet); returns the worker it runs on.
+    fn start_room(&self, inner: &mut Inner, room: &Arc<str>, home: usize) -> Option<usize> {
+        let size = Arc::<AtomicUsize>::default();
+        let (addr, worker) = self.spawn_room(inner, room.clone(), home, size.clone());
+        let entry = inner.rooms.entry(room.clone()).or_default();
+        entry.addr = Some(addr);
+        entry.worker = worker;
+        entry.size = size;
+        entry.forwarded = 0;
+        worker
     }
 
     /// Starts a room: on the next room arbiter in turn when there are any;
@@ -320,11 +313,8 @@ impl Registry {
     /// Records a room created through `POST /v1/rooms`.
     pub fn create_room(&self, room: &str) {
         self.lock().rooms.entry(room.into()).or_insert(Entry {
-            addr: None,
-            worker: None,
-            size: Arc::default(),
-            forwarded: 0,
             idle_since: Some(Instant::now()),
+            ..Entry::default()
         });
     }
 

@@ -139,30 +139,19 @@ pub(crate) fn start(ticket: Ticket, stream: TcpStream, unread: BytesMut) {
         .then_some(threshold);
     let s = &app.settings;
     let budget = SendBudget::new(s.max_msgs_per_10s, s.max_bytes_per_10s, Instant::now());
-    WsSession::create(move |ctx| {
-        ctx.spawn(Pump);
-        WsSession {
-            app,
-            mode,
-            phase: Phase::AwaitingJoin,
-            stream: Some(stream),
-            decoder: Decoder::new(max),
-            unread,
-            outbound: Outbound::new(limit),
-            inbox: Arc::default(),
-            waker: None,
-            aborted: false,
-            slot: Some(slot),
-            budget,
-            last_pong: Instant::now(),
-            counted: false,
-            log,
-            resume: None,
-            moved_out: false,
-            roster_id: None,
-            join_timer: None,
-        }
-    });
+    let parts = Parts {
+        app,
+        mode,
+        decoder: Decoder::new(max),
+        unread,
+        outbound: Outbound::new(limit),
+        inbox: Arc::default(),
+        slot,
+        budget,
+        log,
+        resume: None,
+    };
+    WsSession::create(move |ctx| parts.into_session(ctx, Some(stream)));
 }
 
 impl Actor for WsSession {
@@ -223,9 +212,7 @@ impl Actor for WsSession {
             return;
         }
         let dropped = self.inbox.close();
-        self.outbound
-            .pending
-            .fetch_sub(dropped, std::sync::atomic::Ordering::Relaxed);
+        self.outbound.pending.fetch_sub(dropped, Ordering::Relaxed);
         self.leave_room();
         // Ended by the client (or the connection) if nothing else was recorded.
         self.record_end(CLIENT_CLOSED);
@@ -261,11 +248,11 @@ impl Actor for WsSession {
     }
 }
 
-/// A session on its way to another worker thread.
-struct Moving {
+/// Everything a session carries over from where it was made: from the
+/// handshake, or from the worker thread it left to join its room there.
+struct Parts {
     app: Arc<AppState>,
     mode: Mode,
-    stream: std::net::TcpStream,
     decoder: Decoder,
     unread: BytesMut,
     outbound: Outbound,
@@ -273,21 +260,24 @@ struct Moving {
     slot: ConnectionSlot,
     budget: SendBudget,
     log: slog::Logger,
-    /// The room to join on arrival.
-    room: Arc<str>,
+    /// The room to join once started (a session that moved).
+    resume: Option<Arc<str>>,
 }
 
-impl Moving {
-    /// Runs on the new thread: registers the connection with its reactor
-    /// and rebuilds the session, which joins once started.
-    fn arrive(self, ctx: &mut Context<WsSession>) -> WsSession {
+impl Parts {
+    /// The session on the current thread, its connection pump started;
+    /// `None` for a connection that could not be registered here (the
+    /// session then ends at once).
+    fn into_session(self, ctx: &mut Context<WsSession>, stream: Option<TcpStream>) -> WsSession {
         ctx.spawn(Pump);
         WsSession {
             app: self.app,
             mode: self.mode,
-            phase: Phase::Joining,
-            // Failing to register leaves no connection: the session ends.
-            stream: TcpStream::from_std(self.stream).ok(),
+            phase: match self.resume {
+                Some(_) => Phase::Joining,
+                None => Phase::AwaitingJoin,
+            },
+            stream,
             decoder: self.decoder,
             unread: self.unread,
             outbound: self.outbound,
@@ -299,7 +289,7 @@ impl Moving {
             last_pong: Instant::now(),
             counted: false,
             log: self.log,
-            resume: Some(self.room),
+            resume: self.resume,
             moved_out: false,
             roster_id: None,
             join_timer: None,
@@ -563,10 +553,9 @@ impl WsSession {
         };
         self.moved_out = true;
         self.app.metrics.session_moves.inc();
-        let moving = Moving {
+        let parts = Parts {
             app: self.app.clone(),
             mode: self.mode,
-            stream,
             decoder: std::mem::replace(&mut self.decoder, Decoder::new(0)),
             unread: std::mem::take(&mut self.unread),
             outbound: std::mem::replace(&mut self.outbound, Outbound::new(None)),
@@ -574,10 +563,13 @@ impl WsSession {
             slot,
             budget: self.budget.clone(),
             log: self.log.clone(),
-            room,
+            resume: Some(room),
         };
         ctx.stop();
-        WsSession::start_in_arbiter(&there, move |ctx| moving.arrive(ctx));
+        // Registered with the new thread's reactor there, once it runs.
+        WsSession::start_in_arbiter(&there, move |ctx| {
+            parts.into_session(ctx, TcpStream::from_std(stream).ok())
+        });
     }
 
     /// Checks a `send`; returns the `Publish` for it (its `text` still to
