@@ -1,15 +1,14 @@
 //! Building and running one relay instance: the actors, the shared state,
 //! the HTTP server, and graceful shutdown.
 
-use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_http::{Extensions, HttpService};
+use actix_http::HttpService;
 use actix_service::{map_config, IntoServiceFactory};
-use actix_web::dev::{AppConfig, Server, ServerHandle};
+use actix_web::dev::AppConfig;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use actix_web_prom::PrometheusMetricsBuilder;
@@ -21,6 +20,7 @@ use crate::bridge::{BridgeConfig, RedisBridge};
 use crate::cluster::redis::RedisLink;
 use crate::cluster::{Backend, Memory};
 use crate::http;
+use crate::http::server::Workers;
 use crate::limits::{ConnectionLimiter, KeyedLimiter};
 use crate::metrics::{Metrics, MetricsActor};
 use crate::registry::{Registry, RegistryConfig};
@@ -33,7 +33,7 @@ use crate::token::JoinTokens;
 /// A built, listening relay instance.
 pub struct Application {
     port: u16,
-    server: Server,
+    server: Workers,
     state: web::Data<AppState>,
 }
 
@@ -42,7 +42,7 @@ pub struct Application {
 #[derive(Clone)]
 pub struct AppHandle {
     state: web::Data<AppState>,
-    server: ServerHandle,
+    server: Workers,
 }
 
 impl Application {
@@ -170,11 +170,14 @@ impl Application {
             .build()
             .map_err(|e| anyhow::anyhow!("building the HTTP metrics middleware: {e}"))?;
 
-        let listener = TcpListener::bind((s.host.as_str(), s.port))
+        let listeners = http::server::bind(&s.host, s.port, s.workers)
             .with_context(|| format!("binding {}:{} (HOST, PORT)", s.host, s.port))?;
-        let port = listener.local_addr()?.port();
+        let port = listeners[0].local_addr()?.port();
         let tcp_user_timeout = Duration::from_millis(s.tcp_user_timeout_ms);
-        let per_connection = !tune_listener(&listener, tcp_user_timeout);
+        let mut per_connection = false;
+        for l in &listeners {
+            per_connection |= !tune_listener(l, tcp_user_timeout);
+        }
         let settings_data = web::Data::new(settings.clone());
         let app_state = state.clone();
         let route_settings = settings.clone();
@@ -194,33 +197,35 @@ impl Application {
         let upgrade_time_limit = Duration::from_millis(s.ws_close_timeout_ms.max(5_000));
         // actix-web's `HttpServer`, assembled by hand for its one missing
         // piece: an upgrade service, through which sessions take their
-        // connections over from the HTTP dispatcher (see http::upgrade).
-        let server = actix_server::Server::build()
-            .workers(s.workers)
-            .backlog(4096)
-            .shutdown_timeout(1)
-            .disable_signals()
-            .listen("blindrelay", listener, move || {
-                let make_app = make_app.clone();
-                let upgrade_app = make_app.clone();
-                HttpService::build()
-                    .keep_alive(keep_alive)
-                    .client_disconnect_timeout(Duration::ZERO)
-                    .on_connect_ext(move |io: &TcpStream, _: &mut Extensions| {
-                        if per_connection {
-                            tune_socket(io, tcp_user_timeout)
-                        }
-                    })
-                    .upgrade(http::upgrade_factory(
-                        move || upgrade_app().into_factory(),
-                        upgrade_time_limit,
-                    ))
-                    .finish(map_config(make_app().into_factory(), |()| {
-                        AppConfig::default()
-                    }))
-                    .tcp()
-            })?
-            .run();
+        // connections over from the HTTP dispatcher (see http::upgrade), on
+        // workers that accept for themselves (see http::server).
+        let make_service = move || {
+            let make_app = make_app.clone();
+            let upgrade_app = make_app.clone();
+            HttpService::build()
+                .keep_alive(keep_alive)
+                .client_disconnect_timeout(Duration::ZERO)
+                .upgrade(http::upgrade_factory(
+                    move || upgrade_app().into_factory(),
+                    upgrade_time_limit,
+                ))
+                .finish(map_config(make_app().into_factory(), |()| {
+                    AppConfig::default()
+                }))
+        };
+        let tune = move |io: &TcpStream| {
+            if per_connection {
+                tune_socket(io, tcp_user_timeout)
+            }
+        };
+        let server = Workers::start(
+            listeners,
+            make_service,
+            tune,
+            log.new(slog::o!("actor" => "http")),
+        )
+        .await
+        .context("starting the HTTP workers")?;
 
         state.ready.store(true, Ordering::Relaxed);
         let mode = if cluster.is_some() {
@@ -245,7 +250,7 @@ impl Application {
     pub fn handle(&self) -> AppHandle {
         AppHandle {
             state: self.state.clone(),
-            server: self.server.handle(),
+            server: self.server.clone(),
         }
     }
 
@@ -257,7 +262,8 @@ impl Application {
             wait_for_signal().await;
             handle.shutdown().await;
         });
-        self.server.await
+        self.server.stopped().await;
+        Ok(())
     }
 }
 
@@ -282,7 +288,7 @@ fn tune_socket(stream: &TcpStream, timeout: Duration) {
 /// connection inherit them: two system calls fewer per connection (a
 /// connection storm's profile counts them). False where that does not hold,
 /// and connections are tuned one by one.
-fn tune_listener(listener: &TcpListener, timeout: Duration) -> bool {
+fn tune_listener(listener: &std::net::TcpListener, timeout: Duration) -> bool {
     #[cfg(target_os = "linux")]
     {
         let sock = socket2::SockRef::from(listener);
@@ -357,14 +363,14 @@ impl AppHandle {
         slog::info!(state.log, "shutting down"; "sessions" => state.connections.active());
         if !s.feature_graceful_shutdown {
             state.ready.store(false, Ordering::Relaxed);
-            self.server.stop(false).await;
+            self.server.stop().await;
             return;
         }
         self.begin_drain();
-        // The HTTP server's own stop takes up to a second more: keep the sum
+        // Stopping the workers and exiting take a moment more: keep the sum
         // within SHUTDOWN_TIMEOUT_MS.
         let deadline =
-            Instant::now() + Duration::from_millis(s.shutdown_timeout_ms.saturating_sub(1000));
+            Instant::now() + Duration::from_millis(s.shutdown_timeout_ms.saturating_sub(500));
         while state.connections.active() > 0 && Instant::now() < deadline {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
@@ -380,7 +386,7 @@ impl AppHandle {
         // Let the last close frames leave before the workers stop.
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         slog::info!(state.log, "stopped"; "sessions_left" => state.connections.active());
-        self.server.stop(true).await;
+        self.server.stop().await;
     }
 }
 
@@ -391,7 +397,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn accepted_connections_inherit_the_listener_tcp_options() {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         assert!(tune_listener(&listener, Duration::from_millis(12_345)));
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();

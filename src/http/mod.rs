@@ -5,6 +5,7 @@ mod errors;
 mod middleware;
 mod probes;
 mod rooms;
+pub(crate) mod server;
 mod upgrade;
 mod ws;
 

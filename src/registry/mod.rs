@@ -264,8 +264,10 @@ impl Registry {
                 let n = inner.workers.len();
                 let fair = (0..n).map(load).sum::<usize>() / n;
                 // Some slack, so that churn (rooms opened and closed all the
-                // time) does not move their openers back and forth.
-                let idx = if load(home) <= fair + fair / 8 + 2 {
+                // time) does not move their openers back and forth: a move
+                // costs more than the connection it balances until the
+                // imbalance is real.
+                let idx = if load(home) <= fair + fair / 8 + 16 {
                     home
                 } else {
                     (0..n).min_by_key(|&i| load(i)).unwrap_or(home)
