@@ -95,6 +95,9 @@ pub struct Settings {
 
     pub max_conns_per_ip: usize,
     pub max_total_connections: usize,
+    /// Connections still in their HTTP phase (not yet upgraded), per
+    /// instance: each may hold a request buffer of up to 128 KiB.
+    pub max_pending_connections: usize,
     pub max_room_creates_per_ip_per_min: u64,
     pub max_token_mints_per_ip_per_min: u64,
     pub http_probe_limit_per_min: u64,
@@ -506,6 +509,7 @@ impl Settings {
             feature_echo_endpoint: s.bool("FEATURE_ECHO_ENDPOINT", false)?,
             max_conns_per_ip: s.num("MAX_CONNS_PER_IP", 50usize, 1, usize::MAX)?,
             max_total_connections: s.num("MAX_TOTAL_CONNECTIONS", 10_000usize, 1, usize::MAX)?,
+            max_pending_connections: s.num("MAX_PENDING_CONNECTIONS", 1_000usize, 1, 1_000_000)?,
             max_room_creates_per_ip_per_min: s.num(
                 "MAX_ROOM_CREATES_PER_IP_PER_MIN",
                 10u64,
@@ -620,6 +624,10 @@ impl Settings {
                 self.max_total_connections.to_string(),
             ),
             ("max_conns_per_ip", self.max_conns_per_ip.to_string()),
+            (
+                "max_pending_connections",
+                self.max_pending_connections.to_string(),
+            ),
             ("max_room_members", self.max_room_members.to_string()),
             ("max_message_bytes", self.max_message_bytes.to_string()),
             ("max_msgs_per_10s", self.max_msgs_per_10s.to_string()),

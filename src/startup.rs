@@ -26,7 +26,7 @@ use crate::metrics::{Metrics, MetricsActor};
 use crate::registry::{Registry, RegistryConfig};
 use crate::replay::ReplayGuard;
 use crate::room::{ClusterConfig, RoomConfig};
-use crate::settings::Settings;
+use crate::settings::{AppEnv, Settings};
 use crate::state::AppState;
 use crate::token::JoinTokens;
 
@@ -60,6 +60,13 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let settings = Arc::new(settings);
         let s = &settings;
+        if s.app_env == AppEnv::Production && s.feature_detailed_errors {
+            slog::warn!(
+                log,
+                "FEATURE_DETAILED_ERRORS is on in production: error bodies say which \
+                check failed (set it to false)"
+            );
+        }
         let metrics = Metrics::new();
         // Cluster mode: the link to Redis, and the bridge that keeps it. The
         // instance starts whether or not Redis answers yet; `/ready` waits
@@ -222,6 +229,7 @@ impl Application {
             listeners,
             make_service,
             tune,
+            s.max_pending_connections,
             log.new(slog::o!("actor" => "http")),
         )
         .await

@@ -1,16 +1,23 @@
 //! The error body every failed request gets:
 //! `{"error":{"code","message"},"request_id"}`. Messages are fixed texts:
-//! they never echo a secret, token or room id.
+//! they never echo a secret, token or room id. With
+//! `FEATURE_DETAILED_ERRORS` (development) the error also carries a
+//! `detail`: which check failed and what to change, still without echoing
+//! what the client sent.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
+use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{dev::Payload, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{
+    dev::Payload, web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError,
+};
 use serde_json::json;
 
 use crate::ids::new_request_id;
+use crate::settings::Settings;
 
 /// The request's id, set by the request-id middleware.
 #[derive(Clone, Debug)]
@@ -38,6 +45,12 @@ pub(crate) struct ApiError {
     message: &'static str,
     request_id: String,
     retry_after_secs: Option<u64>,
+    /// A header the answer must carry (RFC 6455's `Sec-WebSocket-Version`
+    /// on a refused version). Boxed, as is `detail`: both are rare, and the
+    /// error travels in every handler's `Result`.
+    header: Option<Box<(header::HeaderName, HeaderValue)>>,
+    /// Which check failed (`FEATURE_DETAILED_ERRORS` only).
+    detail: Option<Box<str>>,
 }
 
 impl ApiError {
@@ -53,7 +66,23 @@ impl ApiError {
             message,
             request_id: rid.0.clone(),
             retry_after_secs: None,
+            header: None,
+            detail: None,
         }
+    }
+
+    /// Adds which check failed, when detailed errors are on (the text is
+    /// only built then).
+    pub fn detail(mut self, on: bool, detail: impl FnOnce() -> String) -> Self {
+        if on {
+            self.detail = Some(detail().into());
+        }
+        self
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.header = Some(Box::new((name, HeaderValue::from_static(value))));
+        self
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -82,19 +111,32 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             resp.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
-        resp.json(json!({
-            "error": {"code": self.code, "message": self.message},
-            "request_id": self.request_id,
-        }))
+        if let Some(h) = &self.header {
+            resp.insert_header((h.0.clone(), h.1.clone()));
+        }
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(detail) = &self.detail {
+            error["detail"] = json!(&**detail);
+        }
+        resp.json(json!({"error": error, "request_id": self.request_id}))
     }
 }
 
 /// The fallback for every unknown route (and every route switched off).
-pub(crate) async fn not_found(rid: RequestId) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route",
-        &rid,
-    ))
+pub(crate) async fn not_found(
+    rid: RequestId,
+    settings: Option<web::Data<Arc<Settings>>>,
+) -> Result<HttpResponse, ApiError> {
+    let detailed = settings.is_some_and(|s| s.feature_detailed_errors);
+    Err(
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route", &rid).detail(
+            detailed,
+            || {
+                "no route for this method and path; the API is POST /v1/rooms, \
+                 POST /v1/rooms/{room}/tokens, GET /v1/ws, GET /live, /ready, /health, /metrics \
+                 (routes switched off by a FEATURE_* setting are not found either)"
+                    .into()
+            },
+        ),
+    )
 }

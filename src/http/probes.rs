@@ -27,7 +27,11 @@ fn limit(
 ) -> Result<(), ApiError> {
     limiter
         .check(client_ip(req, &app.settings), Instant::now())
-        .map_err(|wait| ApiError::rate_limited(rid, wait))
+        .map_err(|wait| {
+            ApiError::rate_limited(rid, wait).detail(app.settings.feature_detailed_errors, || {
+                "over HTTP_PROBE_LIMIT_PER_MIN requests to this probe from your address".into()
+            })
+        })
 }
 
 /// Always 200 while the process runs; never rate limited.

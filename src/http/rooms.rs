@@ -21,7 +21,10 @@ fn unavailable(app: &AppState, rid: &RequestId, e: StoreError) -> ApiError {
             "the cluster's shared state is unreachable; try again shortly",
             rid,
         )
-        .retry_after(1),
+        .retry_after(1)
+        .detail(app.settings.feature_detailed_errors, || {
+            format!("Redis (REDIS_URL) did not answer: {e}")
+        }),
     }
 }
 
@@ -36,7 +39,11 @@ pub(crate) async fn create_room(
         .allow(Limit::RoomCreate, ip)
         .await
         .map_err(|e| unavailable(&app, &rid, e))?
-        .map_err(|wait| ApiError::rate_limited(&rid, wait))?;
+        .map_err(|wait| {
+            ApiError::rate_limited(&rid, wait).detail(app.settings.feature_detailed_errors, || {
+                "over MAX_ROOM_CREATES_PER_IP_PER_MIN rooms created from your address".into()
+            })
+        })?;
     let room = new_room_id();
     app.backend
         .create_room(&room)
@@ -61,14 +68,26 @@ pub(crate) async fn mint_token(
             "invalid_room_id",
             "room id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
             &rid,
-        ));
+        )
+        .detail(app.settings.feature_detailed_errors, || {
+            match room.chars().count() {
+                0 => "the room id is empty",
+                1..=64 => "the room id holds a character other than A-Z, a-z, 0-9, '_' or '-'",
+                _ => "the room id is longer than 64 characters",
+            }
+            .into()
+        }));
     }
     let ip = client_ip(&req, &app.settings);
     app.backend
         .allow(Limit::TokenMint, ip)
         .await
         .map_err(|e| unavailable(&app, &rid, e))?
-        .map_err(|wait| ApiError::rate_limited(&rid, wait))?;
+        .map_err(|wait| {
+            ApiError::rate_limited(&rid, wait).detail(app.settings.feature_detailed_errors, || {
+                "over MAX_TOKEN_MINTS_PER_IP_PER_MIN tokens minted from your address".into()
+            })
+        })?;
     let exists = app
         .backend
         .room_exists(&room)
@@ -80,7 +99,11 @@ pub(crate) async fn mint_token(
             "room_not_found",
             "no such room, or it has expired",
             &rid,
-        ));
+        )
+        .detail(app.settings.feature_detailed_errors, || {
+            "rooms exist from POST /v1/rooms until ROOM_IDLE_TTL_SECS after their last member left"
+                .into()
+        }));
     }
     let (token, expires_at) = app.tokens.mint(&room, app.settings.join_token_ttl_secs);
     Ok(HttpResponse::Created().json(json!({"token": token, "expires_at": expires_at})))

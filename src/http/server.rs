@@ -10,6 +10,7 @@
 //! kernel spreads connections over the workers' sockets, and a worker that
 //! is busy is not woken for a connection another one takes.
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
@@ -21,7 +22,7 @@ use actix_http::Protocol;
 use actix_rt::Arbiter;
 use actix_service::{Service, ServiceFactory};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 /// Pending connections the kernel keeps per listening socket.
 const BACKLOG: i32 = 4096;
@@ -86,6 +87,7 @@ impl Workers {
         listeners: Vec<StdListener>,
         make_service: F,
         tune: T,
+        max_pending: usize,
         log: slog::Logger,
     ) -> io::Result<Workers>
     where
@@ -98,6 +100,8 @@ impl Workers {
                 InitError = (),
             > + 'static,
     {
+        // Each worker gets its share of the limit, rounded up.
+        let per_worker = max_pending.div_ceil(listeners.len().max(1)).max(1);
         let mut arbiters = Vec::with_capacity(listeners.len());
         let mut started = Vec::with_capacity(listeners.len());
         for listener in listeners {
@@ -119,7 +123,7 @@ impl Workers {
                     match ready.await {
                         Ok((listener, service)) => {
                             let _ = tx.send(Ok(()));
-                            accept_loop(listener, Rc::new(service), tune, log).await
+                            accept_loop(listener, Rc::new(service), tune, per_worker, log).await
                         }
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -177,18 +181,54 @@ impl Workers {
     }
 }
 
-async fn accept_loop<S, T>(listener: TcpListener, service: Rc<S>, tune: T, log: slog::Logger)
-where
+/// Connections of one worker still in their HTTP phase (requests,
+/// keep-alive, handshakes): an upgraded connection leaves it as soon as
+/// its session takes the socket over.
+struct Pending {
+    count: Cell<usize>,
+    freed: Notify,
+}
+
+/// One connection's place in [`Pending`], given back however its task ends.
+struct PendingSlot(Rc<Pending>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get() - 1);
+        self.0.freed.notify_one();
+    }
+}
+
+async fn accept_loop<S, T>(
+    listener: TcpListener,
+    service: Rc<S>,
+    tune: T,
+    max_pending: usize,
+    log: slog::Logger,
+) where
     T: Fn(&TcpStream),
     S: Service<(TcpStream, Protocol, Option<SocketAddr>), Response = ()> + 'static,
 {
+    let pending = Rc::new(Pending {
+        count: Cell::new(0),
+        freed: Notify::new(),
+    });
     let mut warned: Option<Instant> = None;
     loop {
+        // At the limit, stop accepting: new connections wait in the
+        // kernel's queue (and past it, are refused by the kernel) instead
+        // of each taking a request buffer of up to 128 KiB here.
+        while pending.count.get() >= max_pending {
+            pending.freed.notified().await;
+        }
         match listener.accept().await {
             Ok((io, peer)) => {
                 tune(&io);
+                pending.count.set(pending.count.get() + 1);
+                let slot = PendingSlot(pending.clone());
                 let service = service.clone();
                 actix_rt::spawn(async move {
+                    let _slot = slot;
                     if poll_fn(|cx| service.poll_ready(cx)).await.is_ok() {
                         let _ = service.call((io, Protocol::Http1, Some(peer))).await;
                     }

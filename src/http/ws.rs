@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use actix_http::ws::HandshakeError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 
@@ -45,7 +46,8 @@ async fn upgrade(
 ) -> Result<HttpResponse, ApiError> {
     let app: Arc<AppState> = app.into_inner();
     let s = &app.settings;
-    let bad_upgrade = |app: &AppState| {
+    let detailed = s.feature_detailed_errors;
+    let bad_upgrade = |app: &AppState, why: &'static str| {
         app.metrics.reject("bad_upgrade");
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -53,13 +55,34 @@ async fn upgrade(
             "not a valid WebSocket upgrade request",
             &rid,
         )
+        .detail(detailed, || why.into())
     };
     // Checked before admission: a request that is no upgrade takes no slot.
-    let mut handshake = actix_http::ws::handshake(req.head()).map_err(|_| bad_upgrade(&app))?;
+    let mut handshake = actix_http::ws::handshake(req.head()).map_err(|e| match e {
+        // RFC 6455 section 4.4: say which version the server speaks.
+        HandshakeError::UnsupportedVersion | HandshakeError::NoVersionHeader => {
+            bad_upgrade(&app, "Sec-WebSocket-Version must be 13 (RFC 6455)")
+                .with_header(header::SEC_WEBSOCKET_VERSION, "13")
+        }
+        HandshakeError::GetMethodRequired => bad_upgrade(&app, "an upgrade must be a GET"),
+        HandshakeError::NoWebsocketUpgrade => {
+            bad_upgrade(&app, "the Upgrade header must be 'websocket'")
+        }
+        HandshakeError::NoConnectionUpgrade => {
+            bad_upgrade(&app, "the Connection header must include 'Upgrade'")
+        }
+        HandshakeError::BadWebsocketKey => bad_upgrade(
+            &app,
+            "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)",
+        ),
+    })?;
     // Only a request the server handed over as an upgrade can become one
     // (not, say, `Upgrade: websocket, h2c`, which it reads as plain HTTP).
     if req.extensions().get::<ViaUpgrade>().is_none() {
-        return Err(bad_upgrade(&app));
+        return Err(bad_upgrade(
+            &app,
+            "the request was not read as an upgrade: send 'Upgrade: websocket' alone, over HTTP/1.1",
+        ));
     }
     if app.is_draining() {
         app.metrics.reject("draining");
@@ -80,7 +103,10 @@ async fn upgrade(
                 "origin_not_allowed",
                 "Origin not allowed",
                 &rid,
-            ));
+            )
+            .detail(detailed, || {
+                "the Origin header is not listed in CORS_ALLOWED_ORIGINS".into()
+            }));
         }
     }
     let ip = client_ip(&req, s);

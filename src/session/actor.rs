@@ -751,6 +751,10 @@ impl WsSession {
                 Ok(None) => break,
                 Ok(Some((n, msg))) => {
                     used += n;
+                    if !self.charge_frame(msg.as_ref()) {
+                        self.close(ctx, Close::RateLimited);
+                        break;
+                    }
                     if let Some(msg) = msg {
                         self.on_message(ctx, msg);
                     }
@@ -768,6 +772,21 @@ impl WsSession {
             }
         }
         used
+    }
+
+    /// Charges a frame that is not a whole message to the send budget:
+    /// pings, pongs and fragments cost a message each (pings their payload
+    /// too), so that a flood of them ends in 4429 like a flood of sends,
+    /// rather than being answered forever. Whole messages are charged
+    /// where they are handled (`on_send`), and only if they are relayed.
+    /// The echo route (conformance suites, off in production) is exempt.
+    fn charge_frame(&mut self, msg: Option<&Message>) -> bool {
+        let bytes = match msg {
+            None | Some(Message::Pong) => 0,
+            Some(Message::Ping(payload)) => payload.len(),
+            Some(_) => return true,
+        };
+        self.mode == Mode::Echo || self.budget.charge(bytes, Instant::now())
     }
 
     fn on_message(&mut self, ctx: &mut Context<Self>, msg: Message) {

@@ -7,6 +7,7 @@ mod redis_server;
 mod cluster;
 mod cluster_process;
 mod frames;
+mod hostile;
 mod http_api;
 mod lifecycle;
 mod privacy;
