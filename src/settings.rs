@@ -126,6 +126,9 @@ pub struct Settings {
     pub http_keep_alive_timeout_ms: u64,
     pub join_timeout_ms: u64,
     pub tcp_user_timeout_ms: u64,
+    /// Linux `TCP_NOTSENT_LOWAT`: unsent bytes the kernel takes per client
+    /// connection (0: the kernel's default, unbounded by us).
+    pub tcp_notsent_lowat_bytes: u32,
     pub room_idle_ttl_secs: u64,
     pub presence_ttl_ms: u64,
     pub shutdown_timeout_ms: u64,
@@ -555,6 +558,7 @@ impl Settings {
             )?,
             join_timeout_ms: s.num("JOIN_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?,
             tcp_user_timeout_ms: s.num("TCP_USER_TIMEOUT_MS", 30_000u64, 0, 3_600_000)?,
+            tcp_notsent_lowat_bytes: s.num("TCP_NOTSENT_LOWAT_BYTES", 131_072u32, 0, 1 << 30)?,
             room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365)?,
             presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
             shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000)?,

@@ -828,3 +828,76 @@ async fn connections_that_never_finish_a_request_cannot_exceed_the_pending_limit
         .await;
     assert_eq!(members[4].recv_json().await["data"], "ok");
 }
+
+/// Joins `room` from a raw connection whose receive buffer is small, as a
+/// client that stops reading looks to the server.
+async fn join_with_small_receive_buffer(app: &TestApp, room: &str) -> Raw {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(([127, 0, 0, 1], app.port).into())
+        .await
+        .unwrap();
+    stream
+        .write_all(upgrade_request("13", "").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Raw {
+        stream,
+        buf: Vec::new(),
+    };
+    assert_eq!(raw.response_head().await.0, 101);
+    raw.send(&text(
+        &json!({"type": "join", "token": token(room)}).to_string(),
+    ))
+    .await;
+    assert_eq!(raw.next_text().await["type"], "welcome");
+    raw
+}
+
+/// Sends 10 kB messages from `sender` until the room says the slow member
+/// left; returns the bytes sent by then.
+async fn bytes_until_the_slow_member_is_dropped(sender: &mut Client) -> usize {
+    let data = "z".repeat(10_000);
+    let mut sent = 0;
+    for i in 0..2000 {
+        sender
+            .send_json(json!({"type": "send", "data": data, "id": i.to_string()}))
+            .await;
+        sent += data.len();
+        let f = sender.recv_json().await;
+        if f["type"] == "member_left" {
+            return sent;
+        }
+        assert_eq!(f["type"], "ack");
+    }
+    panic!("the slow member was never dropped");
+}
+
+#[actix_web::test]
+async fn a_client_that_stops_reading_is_dropped_before_the_kernel_holds_megabytes_for_it() {
+    let app = spawn_app(&[
+        ("SLOW_CONSUMER_BUFFER_THRESHOLD", "70000"),
+        ("TCP_NOTSENT_LOWAT_BYTES", "16384"),
+        ("MAX_MSGS_PER_10S", "100000"),
+        ("MAX_BYTES_PER_10S", "1000000000"),
+    ])
+    .await;
+    let room = unique("r");
+    let (mut sender, _) = app.join(&room).await;
+    let _slow = join_with_small_receive_buffer(&app, &room).await;
+    assert_eq!(sender.recv_json().await["type"], "member_joined");
+    let sent = bytes_until_the_slow_member_is_dropped(&mut sender).await;
+    // The threshold, the bounded kernel queue and the client's small
+    // window: a few hundred kB at most. Unbounded, the kernel alone
+    // would have taken megabytes before the relay saw a backlog.
+    assert!(
+        sent < 1_000_000,
+        "{sent} bytes went to a client that reads nothing"
+    );
+    assert_eq!(
+        app.metric(r#"blindrelay_disconnects_total{reason="slow_consumer"}"#)
+            .await,
+        1.0
+    );
+}
