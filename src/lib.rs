@@ -15,6 +15,10 @@ pub mod settings;
 pub mod startup;
 pub mod token;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod bridge;
 mod cluster;
 mod http;

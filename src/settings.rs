@@ -129,6 +129,8 @@ pub struct Settings {
     /// Linux `TCP_NOTSENT_LOWAT`: unsent bytes the kernel takes per client
     /// connection (0: the kernel's default, unbounded by us).
     pub tcp_notsent_lowat_bytes: u32,
+    /// `SO_RCVBUF` of client connections (0: the kernel's own, growing).
+    pub tcp_receive_buffer_bytes: usize,
     pub room_idle_ttl_secs: u64,
     pub presence_ttl_ms: u64,
     pub shutdown_timeout_ms: u64,
@@ -559,6 +561,12 @@ impl Settings {
             join_timeout_ms: s.num("JOIN_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?,
             tcp_user_timeout_ms: s.num("TCP_USER_TIMEOUT_MS", 30_000u64, 0, 3_600_000)?,
             tcp_notsent_lowat_bytes: s.num("TCP_NOTSENT_LOWAT_BYTES", 131_072u32, 0, 1 << 30)?,
+            tcp_receive_buffer_bytes: s.num(
+                "TCP_RECEIVE_BUFFER_BYTES",
+                131_072usize,
+                0,
+                1 << 30,
+            )?,
             room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365)?,
             presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
             shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000)?,

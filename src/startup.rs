@@ -183,6 +183,7 @@ impl Application {
         let tuning = TcpTuning {
             user_timeout: Duration::from_millis(s.tcp_user_timeout_ms),
             notsent_lowat: s.tcp_notsent_lowat_bytes,
+            receive_buffer: s.tcp_receive_buffer_bytes,
         };
         let mut per_connection = false;
         for l in &listeners {
@@ -293,6 +294,14 @@ impl Application {
 /// backlog stays in the session's queue, where it is counted and bounded.
 /// Zero keeps the kernel's default.
 ///
+/// `receive_buffer` caps what the kernel buffers from a client before the
+/// session reads it (`SO_RCVBUF`, which also turns off the kernel's growing
+/// of that buffer). A client has no use for more than a few messages in
+/// flight (it may send `MAX_BYTES_PER_10S` per ten seconds), but one that
+/// floods pings could otherwise park several MiB in each of its sockets
+/// (500 MB of kernel memory for 1,000 of them, measured). Zero keeps the
+/// kernel's default.
+///
 /// TCP_NODELAY: a relay writes many small frames back to back; with Nagle's
 /// algorithm a frame written while an earlier one is unacknowledged waits
 /// for the client's delayed ACK (up to 40 ms), in every group message.
@@ -300,6 +309,7 @@ impl Application {
 struct TcpTuning {
     user_timeout: Duration,
     notsent_lowat: u32,
+    receive_buffer: usize,
 }
 
 fn tune_socket(stream: &TcpStream, t: TcpTuning) {
@@ -313,6 +323,9 @@ fn tune_socket(stream: &TcpStream, t: TcpTuning) {
         if t.notsent_lowat > 0 {
             let _ = sock.set_tcp_notsent_lowat(t.notsent_lowat);
         }
+    }
+    if t.receive_buffer > 0 {
+        let _ = socket2::SockRef::from(stream).set_recv_buffer_size(t.receive_buffer);
     }
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
     let _ = t;
@@ -329,7 +342,8 @@ fn tune_listener(listener: &std::net::TcpListener, t: TcpTuning) -> bool {
         let user_timeout =
             t.user_timeout.is_zero() || sock.set_tcp_user_timeout(Some(t.user_timeout)).is_ok();
         let lowat = t.notsent_lowat == 0 || sock.set_tcp_notsent_lowat(t.notsent_lowat).is_ok();
-        sock.set_tcp_nodelay(true).is_ok() && user_timeout && lowat
+        let rcvbuf = t.receive_buffer == 0 || sock.set_recv_buffer_size(t.receive_buffer).is_ok();
+        sock.set_tcp_nodelay(true).is_ok() && user_timeout && lowat && rcvbuf
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -437,6 +451,7 @@ mod tests {
         let tuning = TcpTuning {
             user_timeout: Duration::from_millis(12_345),
             notsent_lowat: 54_321,
+            receive_buffer: 65_536,
         };
         assert!(tune_listener(&listener, tuning));
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -448,5 +463,7 @@ mod tests {
             Some(Duration::from_millis(12_345))
         );
         assert_eq!(sock.tcp_notsent_lowat().unwrap(), 54_321);
+        // Linux doubles the value for its bookkeeping.
+        assert_eq!(sock.recv_buffer_size().unwrap(), 2 * 65_536);
     }
 }
