@@ -312,23 +312,26 @@ struct TcpTuning {
     receive_buffer: usize,
 }
 
-fn tune_socket(stream: &TcpStream, t: TcpTuning) {
-    let _ = stream.set_nodelay(true);
+/// Sets the options on one socket; the first failure is returned.
+fn apply_tcp_options(sock: socket2::SockRef<'_>, t: TcpTuning) -> std::io::Result<()> {
+    sock.set_tcp_nodelay(true)?;
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
     {
-        let sock = socket2::SockRef::from(stream);
         if !t.user_timeout.is_zero() {
-            let _ = sock.set_tcp_user_timeout(Some(t.user_timeout));
+            sock.set_tcp_user_timeout(Some(t.user_timeout))?;
         }
         if t.notsent_lowat > 0 {
-            let _ = sock.set_tcp_notsent_lowat(t.notsent_lowat);
+            sock.set_tcp_notsent_lowat(t.notsent_lowat)?;
         }
     }
     if t.receive_buffer > 0 {
-        let _ = socket2::SockRef::from(stream).set_recv_buffer_size(t.receive_buffer);
+        sock.set_recv_buffer_size(t.receive_buffer)?;
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
-    let _ = t;
+    Ok(())
+}
+
+fn tune_socket(stream: &TcpStream, t: TcpTuning) {
+    let _ = apply_tcp_options(socket2::SockRef::from(stream), t);
 }
 
 /// The same options on the listening socket, where Linux has every accepted
@@ -336,20 +339,7 @@ fn tune_socket(stream: &TcpStream, t: TcpTuning) {
 /// connection storm's profile counts them). False where that does not hold,
 /// and connections are tuned one by one.
 fn tune_listener(listener: &std::net::TcpListener, t: TcpTuning) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        let sock = socket2::SockRef::from(listener);
-        let user_timeout =
-            t.user_timeout.is_zero() || sock.set_tcp_user_timeout(Some(t.user_timeout)).is_ok();
-        let lowat = t.notsent_lowat == 0 || sock.set_tcp_notsent_lowat(t.notsent_lowat).is_ok();
-        let rcvbuf = t.receive_buffer == 0 || sock.set_recv_buffer_size(t.receive_buffer).is_ok();
-        sock.set_tcp_nodelay(true).is_ok() && user_timeout && lowat && rcvbuf
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (listener, t);
-        false
-    }
+    cfg!(target_os = "linux") && apply_tcp_options(socket2::SockRef::from(listener), t).is_ok()
 }
 
 async fn wait_for_signal() {

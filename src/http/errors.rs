@@ -90,7 +90,13 @@ impl ApiError {
         self
     }
 
-    pub fn rate_limited(rid: &RequestId, wait: std::time::Duration) -> Self {
+    /// `429` for a per-address limit; the detail names its `setting`.
+    pub fn rate_limited(
+        rid: &RequestId,
+        wait: std::time::Duration,
+        setting: &'static str,
+        detailed: bool,
+    ) -> Self {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -98,6 +104,7 @@ impl ApiError {
             rid,
         )
         .retry_after(wait.as_secs_f64().ceil() as u64)
+        .detail(detailed, || format!("over {setting} from your address"))
     }
 }
 

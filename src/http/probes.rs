@@ -28,9 +28,8 @@ fn limit(
     limiter
         .check(client_ip(req, &app.settings), Instant::now())
         .map_err(|wait| {
-            ApiError::rate_limited(rid, wait).detail(app.settings.feature_detailed_errors, || {
-                "over HTTP_PROBE_LIMIT_PER_MIN requests to this probe from your address".into()
-            })
+            let detailed = app.settings.feature_detailed_errors;
+            ApiError::rate_limited(rid, wait, "HTTP_PROBE_LIMIT_PER_MIN", detailed)
         })
 }
 

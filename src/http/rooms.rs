@@ -40,9 +40,8 @@ pub(crate) async fn create_room(
         .await
         .map_err(|e| unavailable(&app, &rid, e))?
         .map_err(|wait| {
-            ApiError::rate_limited(&rid, wait).detail(app.settings.feature_detailed_errors, || {
-                "over MAX_ROOM_CREATES_PER_IP_PER_MIN rooms created from your address".into()
-            })
+            let detailed = app.settings.feature_detailed_errors;
+            ApiError::rate_limited(&rid, wait, "MAX_ROOM_CREATES_PER_IP_PER_MIN", detailed)
         })?;
     let room = new_room_id();
     app.backend
@@ -84,9 +83,8 @@ pub(crate) async fn mint_token(
         .await
         .map_err(|e| unavailable(&app, &rid, e))?
         .map_err(|wait| {
-            ApiError::rate_limited(&rid, wait).detail(app.settings.feature_detailed_errors, || {
-                "over MAX_TOKEN_MINTS_PER_IP_PER_MIN tokens minted from your address".into()
-            })
+            let detailed = app.settings.feature_detailed_errors;
+            ApiError::rate_limited(&rid, wait, "MAX_TOKEN_MINTS_PER_IP_PER_MIN", detailed)
         })?;
     let exists = app
         .backend

@@ -75,8 +75,7 @@ fn bind_one(addr: SocketAddr) -> io::Result<StdListener> {
 #[derive(Clone)]
 pub(crate) struct Workers {
     arbiters: Arc<Mutex<Option<Vec<Arbiter>>>>,
-    stopped: watch::Receiver<bool>,
-    stopped_tx: Arc<watch::Sender<bool>>,
+    stopped: Arc<watch::Sender<bool>>,
 }
 
 impl Workers {
@@ -134,11 +133,9 @@ impl Workers {
             arbiters.push(arbiter);
             started.push(rx);
         }
-        let (stopped_tx, stopped) = watch::channel(false);
         let workers = Workers {
             arbiters: Arc::new(Mutex::new(Some(arbiters))),
-            stopped,
-            stopped_tx: Arc::new(stopped_tx),
+            stopped: Arc::new(watch::Sender::new(false)),
         };
         for rx in started {
             let outcome = rx
@@ -169,15 +166,14 @@ impl Workers {
                 let _ = tx.send(());
             });
             let _ = rx.await;
-            self.stopped_tx.send_replace(true);
+            self.stopped.send_replace(true);
         }
         self.stopped().await
     }
 
     /// Resolves once [`Workers::stop`] has finished.
     pub(crate) async fn stopped(&self) {
-        let mut rx = self.stopped.clone();
-        let _ = rx.wait_for(|s| *s).await;
+        let _ = self.stopped.subscribe().wait_for(|s| *s).await;
     }
 }
 
