@@ -5,6 +5,7 @@
 //! the actors and the path of one message.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod ids;
 pub mod limits;
 pub mod logging;

@@ -43,6 +43,23 @@ pub struct SettingsError {
     pub problem: String,
 }
 
+/// Every problem in a configuration, in the order the settings are read;
+/// displayed one per line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub struct SettingsErrors(pub Vec<SettingsError>);
+
+impl fmt::Display for SettingsErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
 /// All settings, typed. Field names are the variables' names in lower case.
 #[derive(Clone)]
 pub struct Settings {
@@ -134,6 +151,13 @@ pub struct Settings {
     pub room_idle_ttl_secs: u64,
     pub presence_ttl_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// `DRAIN_SPREAD_MS`: the window over which a drain spreads its 1012
+    /// closes (see [`Settings::drain_window`]).
+    pub drain_spread_ms: u64,
+    /// `DRAIN_MIN_BATCH`: sessions closed together at least, per step of a
+    /// drain; a small instance drains in a few steps rather than the whole
+    /// window.
+    pub drain_min_batch: usize,
     pub room_arbiters: usize,
     pub colocate_max_members: usize,
 
@@ -157,6 +181,9 @@ impl fmt::Debug for Settings {
 /// Reads raw `NAME -> value` pairs and turns them into typed values.
 struct Source<'a> {
     vars: &'a HashMap<String, String>,
+    /// Every problem found: the caller reports them all at once, not the
+    /// first of several that an operator would fix one restart at a time.
+    errors: std::cell::RefCell<Vec<SettingsError>>,
 }
 
 impl Source<'_> {
@@ -174,6 +201,10 @@ impl Source<'_> {
         }
     }
 
+    fn fail(&self, e: SettingsError) {
+        self.errors.borrow_mut().push(e);
+    }
+
     fn string(&self, name: &str, default: &str) -> String {
         self.raw(name).unwrap_or(default).to_owned()
     }
@@ -182,34 +213,42 @@ impl Source<'_> {
         self.raw(name).map(str::to_owned)
     }
 
-    fn bool(&self, name: &str, default: bool) -> Result<bool, SettingsError> {
+    /// A boolean; a bad value is recorded and the default stands in.
+    fn bool(&self, name: &str, default: bool) -> bool {
         match self.raw(name) {
-            None => Ok(default),
+            None => default,
             Some(v) => match v.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(Self::err(
-                    name,
-                    format!("got {v:?}, want true or false (also 1/0, yes/no, on/off)"),
-                )),
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    self.fail(Self::err(
+                        name,
+                        format!("got {v:?}, want true or false (also 1/0, yes/no, on/off)"),
+                    ));
+                    default
+                }
             },
         }
     }
 
-    /// A whole number in `min..=max`.
-    fn num<T>(&self, name: &str, default: T, min: T, max: T) -> Result<T, SettingsError>
+    /// A whole number in `min..=max`; a bad value is recorded and the
+    /// default stands in.
+    fn num<T>(&self, name: &str, default: T, min: T, max: T) -> T
     where
         T: FromStr + PartialOrd + fmt::Display + Copy,
     {
         let Some(v) = self.raw(name) else {
-            return Ok(default);
+            return default;
         };
         match v.parse::<T>() {
-            Ok(n) if n >= min && n <= max => Ok(n),
-            _ => Err(Self::err(
-                name,
-                format!("got {v:?}, want a whole number from {min} to {max}"),
-            )),
+            Ok(n) if n >= min && n <= max => n,
+            _ => {
+                self.fail(Self::err(
+                    name,
+                    format!("got {v:?}, want a whole number from {min} to {max}"),
+                ));
+                default
+            }
         }
     }
 }
@@ -223,6 +262,31 @@ fn derive_cluster_secret(join_token_secret: &[u8]) -> Vec<u8> {
         .expect("HMAC takes keys of any length");
     mac.update(b"blindrelay cluster key v1");
     mac.finalize().into_bytes().to_vec()
+}
+
+/// What a drain keeps of `SHUTDOWN_TIMEOUT_MS` after its last close, for the
+/// close frames, the cluster flush and the exit.
+const DRAIN_RESERVE_MS: u64 = 3_000;
+
+/// `REDIS_URL` with any password replaced (each URL of a list).
+fn redact_redis_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            let Some((scheme, rest)) = u.split_once("://") else {
+                return u.to_owned();
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                None => u.to_owned(),
+                Some(at) => {
+                    let user = rest[..at].split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:[redacted]{}", &rest[at..])
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 const DEFAULT_CSP: &str =
@@ -264,7 +328,7 @@ impl Settings {
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
             .collect();
         vars.extend(env_vars);
-        Ok(Settings::from_vars(&vars)?)
+        Settings::from_vars(&vars).map_err(|all| SettingsErrors(all).into())
     }
 
     /// Builds settings from `NAME=value` pairs alone, over the defaults (for
@@ -276,11 +340,14 @@ impl Settings {
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
             .collect();
-        Settings::from_vars(&vars)
+        Settings::from_vars(&vars).map_err(|mut all| all.swap_remove(0))
     }
 
-    fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, SettingsError> {
-        let s = Source { vars };
+    fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, Vec<SettingsError>> {
+        let s = Source {
+            vars,
+            errors: Default::default(),
+        };
         let env_raw = s
             .raw("APP_ENV")
             .or_else(|| s.raw("NODE_ENV"))
@@ -291,10 +358,11 @@ impl Settings {
             "production" | "prod" => AppEnv::Production,
             "test" => AppEnv::Test,
             other => {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "APP_ENV",
                     format!("got {other:?}, want development, production or test"),
-                ))
+                ));
+                AppEnv::Development
             }
         };
         let prod = app_env == AppEnv::Production;
@@ -307,10 +375,11 @@ impl Settings {
             "error" => slog::Level::Error,
             "critical" | "fatal" => slog::Level::Critical,
             other => {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "LOG_LEVEL",
                     format!("got {other:?}, want trace, debug, info, warn, error or critical"),
-                ))
+                ));
+                slog::Level::Info
             }
         };
         let log_format = match s
@@ -321,26 +390,32 @@ impl Settings {
             "json" => LogFormat::Json,
             "pretty" | "text" => LogFormat::Pretty,
             other => {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "LOG_FORMAT",
                     format!("got {other:?}, want json or pretty"),
-                ))
+                ));
+                LogFormat::Json
             }
         };
 
         let (join_token_secret, join_token_secret_generated) = match s.raw("JOIN_TOKEN_SECRET") {
             Some(v) if v.len() >= 32 => (v.as_bytes().to_vec(), false),
             Some(v) => {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "JOIN_TOKEN_SECRET",
-                    format!("is {} bytes long, want at least 32 (e.g. `openssl rand -base64 48`)", v.len()),
-                ))
+                    format!(
+                        "is {} bytes long, want at least 32 (e.g. `openssl rand -base64 48`)",
+                        v.len()
+                    ),
+                ));
+                (Vec::new(), false)
             }
             None if prod => {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "JOIN_TOKEN_SECRET",
                     "is required in production: set at least 32 random bytes (e.g. `openssl rand -base64 48`)".into(),
-                ))
+                ));
+                (Vec::new(), false)
             }
             None => {
                 let mut buf = [0u8; 32];
@@ -351,51 +426,53 @@ impl Settings {
         };
         let join_token_secret_previous = match s.raw("JOIN_TOKEN_SECRET_PREVIOUS") {
             Some(v) if v.len() < 32 => {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "JOIN_TOKEN_SECRET_PREVIOUS",
                     format!("is {} bytes long, want at least 32", v.len()),
-                ))
+                ));
+                None
             }
             v => v.map(|v| v.as_bytes().to_vec()),
         };
         let cluster_secret = match s.raw("CLUSTER_SECRET") {
             Some(v) if v.len() < 32 => {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "CLUSTER_SECRET",
                     format!("is {} bytes long, want at least 32", v.len()),
-                ))
+                ));
+                None
             }
             v => v.map(|v| v.as_bytes().to_vec()),
         };
 
-        let join_token_max_ttl_secs = s.num("JOIN_TOKEN_MAX_TTL_SECS", 3600u64, 1, 86_400 * 30)?;
+        let join_token_max_ttl_secs = s.num("JOIN_TOKEN_MAX_TTL_SECS", 3600u64, 1, 86_400 * 30);
         let join_token_ttl_secs = s.num(
             "JOIN_TOKEN_TTL_SECS",
             600u64.min(join_token_max_ttl_secs),
             1,
             u64::MAX,
-        )?;
+        );
         if join_token_ttl_secs > join_token_max_ttl_secs {
-            return Err(Source::err(
+            s.fail(Source::err(
                 "JOIN_TOKEN_TTL_SECS",
                 format!("got {join_token_ttl_secs}, want at most JOIN_TOKEN_MAX_TTL_SECS ({join_token_max_ttl_secs})"),
             ));
         }
 
-        let ws_ping_interval_ms = s.num("WS_PING_INTERVAL_MS", 30_000u64, 10, 3_600_000)?;
-        let ws_ping_timeout_ms = s.num("WS_PING_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?;
-        let health_memory_warn_mb = s.num("HEALTH_MEMORY_WARN_MB", 1024u64, 1, u64::MAX)?;
-        let health_memory_fail_mb = s.num("HEALTH_MEMORY_FAIL_MB", 4096u64, 1, u64::MAX)?;
+        let ws_ping_interval_ms = s.num("WS_PING_INTERVAL_MS", 30_000u64, 10, 3_600_000);
+        let ws_ping_timeout_ms = s.num("WS_PING_TIMEOUT_MS", 10_000u64, 10, 3_600_000);
+        let health_memory_warn_mb = s.num("HEALTH_MEMORY_WARN_MB", 1024u64, 1, u64::MAX);
+        let health_memory_fail_mb = s.num("HEALTH_MEMORY_FAIL_MB", 4096u64, 1, u64::MAX);
         if health_memory_fail_mb < health_memory_warn_mb {
-            return Err(Source::err(
+            s.fail(Source::err(
                 "HEALTH_MEMORY_FAIL_MB",
                 format!("got {health_memory_fail_mb}, want at least HEALTH_MEMORY_WARN_MB ({health_memory_warn_mb})"),
             ));
         }
-        let max_message_bytes = s.num("MAX_MESSAGE_BYTES", 65_536usize, 1, 16 * 1024 * 1024)?;
-        let max_bytes_per_10s = s.num("MAX_BYTES_PER_10S", 1_048_576u64, 1, u64::MAX)?;
+        let max_message_bytes = s.num("MAX_MESSAGE_BYTES", 65_536usize, 1, 16 * 1024 * 1024);
+        let max_bytes_per_10s = s.num("MAX_BYTES_PER_10S", 1_048_576u64, 1, u64::MAX);
         if max_bytes_per_10s < max_message_bytes as u64 {
-            return Err(Source::err(
+            s.fail(Source::err(
                 "MAX_BYTES_PER_10S",
                 format!(
                     "got {max_bytes_per_10s}, want at least MAX_MESSAGE_BYTES ({max_message_bytes}), \
@@ -408,9 +485,9 @@ impl Settings {
             1_048_576usize,
             1024,
             usize::MAX,
-        )?;
+        );
         if slow_consumer_buffer_threshold < max_message_bytes + 4096 {
-            return Err(Source::err(
+            s.fail(Source::err(
                 "SLOW_CONSUMER_BUFFER_THRESHOLD",
                 format!(
                     "got {slow_consumer_buffer_threshold}, want at least MAX_MESSAGE_BYTES + 4096 ({}), \
@@ -420,7 +497,7 @@ impl Settings {
             ));
         }
         let redis_url = s.opt_string("REDIS_URL");
-        let redis_cluster = s.bool("REDIS_CLUSTER", false)?;
+        let redis_cluster = s.bool("REDIS_CLUSTER", false);
         if let Some(url) = &redis_url {
             // Parsing only: nothing connects before the settings are whole.
             let urls: Vec<&str> = if redis_cluster {
@@ -432,7 +509,7 @@ impl Settings {
                 vec![url.as_str()]
             };
             if urls.is_empty() || urls.iter().any(|u| redis::Client::open(*u).is_err()) {
-                return Err(Source::err(
+                s.fail(Source::err(
                     "REDIS_URL",
                     if redis_cluster {
                         "is not a list of Redis URLs; with REDIS_CLUSTER=true want the seed \
@@ -455,40 +532,40 @@ impl Settings {
             .filter(|o| !o.is_empty())
             .collect::<Vec<_>>();
         if prod && cors_allowed_origins.iter().any(|o| o == "*") {
-            return Err(Source::err(
+            s.fail(Source::err(
                 "CORS_ALLOWED_ORIGINS",
                 "contains \"*\"; production wants an explicit list of origins".into(),
             ));
         }
 
-        Ok(Settings {
+        let settings = Settings {
             app_env,
             host: s.string("HOST", "0.0.0.0"),
-            port: s.num("PORT", 8080u16, 0, u16::MAX)?,
-            workers: s.num("WORKERS", cpus, 1, 1024)?,
+            port: s.num("PORT", 8080u16, 0, u16::MAX),
+            workers: s.num("WORKERS", cpus, 1, 1024),
             log_level,
             log_format,
-            trust_proxy: s.bool("TRUST_PROXY", false)?,
+            trust_proxy: s.bool("TRUST_PROXY", false),
             redis_url,
             redis_cluster,
-            redis_max_retries_per_request: s.num("REDIS_MAX_RETRIES_PER_REQUEST", 3u32, 0, 1000)?,
-            redis_enable_ready_check: s.bool("REDIS_ENABLE_READY_CHECK", true)?,
-            redis_connect_timeout_ms: s.num("REDIS_CONNECT_TIMEOUT", 10_000u64, 1, 600_000)?,
-            redis_command_timeout_ms: s.num("REDIS_COMMAND_TIMEOUT_MS", 2_000u64, 10, 600_000)?,
-            redis_reconnect_max_ms: s.num("REDIS_RECONNECT_MAX_MS", 5_000u64, 10, 600_000)?,
-            redis_pool_size: s.num("REDIS_POOL_SIZE", 16usize, 1, 1024)?,
+            redis_max_retries_per_request: s.num("REDIS_MAX_RETRIES_PER_REQUEST", 3u32, 0, 1000),
+            redis_enable_ready_check: s.bool("REDIS_ENABLE_READY_CHECK", true),
+            redis_connect_timeout_ms: s.num("REDIS_CONNECT_TIMEOUT", 10_000u64, 1, 600_000),
+            redis_command_timeout_ms: s.num("REDIS_COMMAND_TIMEOUT_MS", 2_000u64, 10, 600_000),
+            redis_reconnect_max_ms: s.num("REDIS_RECONNECT_MAX_MS", 5_000u64, 10, 600_000),
+            redis_pool_size: s.num("REDIS_POOL_SIZE", 16usize, 1, 1024),
             redis_receive_buffer_bytes: s.num(
                 "REDIS_RECEIVE_BUFFER_BYTES",
                 16 * 1024 * 1024usize,
                 max_message_bytes + 4096,
                 usize::MAX,
-            )?,
+            ),
             redis_publish_buffer_bytes: s.num(
                 "REDIS_PUBLISH_BUFFER_BYTES",
                 64 * 1024 * 1024usize,
                 max_message_bytes + 4096,
                 usize::MAX,
-            )?,
+            ),
             cluster_secret_derived: cluster_secret.is_none(),
             cluster_secret: cluster_secret
                 .unwrap_or_else(|| derive_cluster_secret(&join_token_secret)),
@@ -496,86 +573,295 @@ impl Settings {
             join_token_secret_generated,
             join_token_secret_previous,
             join_token_max_ttl_secs,
-            join_token_leeway_secs: s.num("JOIN_TOKEN_LEEWAY_SECS", 5u64, 0, 3600)?,
+            join_token_leeway_secs: s.num("JOIN_TOKEN_LEEWAY_SECS", 5u64, 0, 3600),
             join_token_ttl_secs,
-            feature_health_endpoint: s.bool("FEATURE_HEALTH_ENDPOINT", true)?,
-            feature_metrics_endpoint: s.bool("FEATURE_METRICS_ENDPOINT", true)?,
-            feature_readiness_endpoint: s.bool("FEATURE_READINESS_ENDPOINT", true)?,
-            feature_graceful_shutdown: s.bool("FEATURE_GRACEFUL_SHUTDOWN", true)?,
-            feature_cors: s.bool("FEATURE_CORS", true)?,
-            feature_security_headers: s.bool("FEATURE_SECURITY_HEADERS", true)?,
-            feature_request_id: s.bool("FEATURE_REQUEST_ID", true)?,
-            feature_detailed_errors: s.bool("FEATURE_DETAILED_ERRORS", !prod)?,
-            feature_ip_tracking: s.bool("FEATURE_IP_TRACKING", false)?,
-            feature_token_replay_protection: s.bool("FEATURE_TOKEN_REPLAY_PROTECTION", true)?,
-            feature_slow_consumer_protection: s.bool("FEATURE_SLOW_CONSUMER_PROTECTION", true)?,
-            feature_auto_room_cleanup: s.bool("FEATURE_AUTO_ROOM_CLEANUP", true)?,
-            feature_room_api: s.bool("FEATURE_ROOM_API", true)?,
-            feature_echo_endpoint: s.bool("FEATURE_ECHO_ENDPOINT", false)?,
-            max_conns_per_ip: s.num("MAX_CONNS_PER_IP", 50usize, 1, usize::MAX)?,
-            max_total_connections: s.num("MAX_TOTAL_CONNECTIONS", 10_000usize, 1, usize::MAX)?,
-            max_pending_connections: s.num("MAX_PENDING_CONNECTIONS", 1_000usize, 1, 1_000_000)?,
+            feature_health_endpoint: s.bool("FEATURE_HEALTH_ENDPOINT", true),
+            feature_metrics_endpoint: s.bool("FEATURE_METRICS_ENDPOINT", true),
+            feature_readiness_endpoint: s.bool("FEATURE_READINESS_ENDPOINT", true),
+            feature_graceful_shutdown: s.bool("FEATURE_GRACEFUL_SHUTDOWN", true),
+            feature_cors: s.bool("FEATURE_CORS", true),
+            feature_security_headers: s.bool("FEATURE_SECURITY_HEADERS", true),
+            feature_request_id: s.bool("FEATURE_REQUEST_ID", true),
+            feature_detailed_errors: s.bool("FEATURE_DETAILED_ERRORS", !prod),
+            feature_ip_tracking: s.bool("FEATURE_IP_TRACKING", false),
+            feature_token_replay_protection: s.bool("FEATURE_TOKEN_REPLAY_PROTECTION", true),
+            feature_slow_consumer_protection: s.bool("FEATURE_SLOW_CONSUMER_PROTECTION", true),
+            feature_auto_room_cleanup: s.bool("FEATURE_AUTO_ROOM_CLEANUP", true),
+            feature_room_api: s.bool("FEATURE_ROOM_API", true),
+            feature_echo_endpoint: s.bool("FEATURE_ECHO_ENDPOINT", false),
+            max_conns_per_ip: s.num("MAX_CONNS_PER_IP", 50usize, 1, usize::MAX),
+            max_total_connections: s.num("MAX_TOTAL_CONNECTIONS", 10_000usize, 1, usize::MAX),
+            max_pending_connections: s.num("MAX_PENDING_CONNECTIONS", 1_000usize, 1, 1_000_000),
             max_room_creates_per_ip_per_min: s.num(
                 "MAX_ROOM_CREATES_PER_IP_PER_MIN",
                 10u64,
                 1,
                 u64::MAX,
-            )?,
+            ),
             max_token_mints_per_ip_per_min: s.num(
                 "MAX_TOKEN_MINTS_PER_IP_PER_MIN",
                 60u64,
                 1,
                 u64::MAX,
-            )?,
-            http_probe_limit_per_min: s.num("HTTP_PROBE_LIMIT_PER_MIN", 100u64, 1, u64::MAX)?,
-            max_msgs_per_10s: s.num("MAX_MSGS_PER_10S", 100u64, 1, u64::MAX)?,
+            ),
+            http_probe_limit_per_min: s.num("HTTP_PROBE_LIMIT_PER_MIN", 100u64, 1, u64::MAX),
+            max_msgs_per_10s: s.num("MAX_MSGS_PER_10S", 100u64, 1, u64::MAX),
             max_bytes_per_10s,
             slow_consumer_buffer_threshold,
-            max_room_members: s.num("MAX_ROOM_MEMBERS", 50usize, 1, usize::MAX)?,
+            max_room_members: s.num("MAX_ROOM_MEMBERS", 50usize, 1, usize::MAX),
             max_message_bytes,
             csp_directives: s.string("CSP_DIRECTIVES", DEFAULT_CSP),
-            hsts_max_age: s.num("HSTS_MAX_AGE", 31_536_000u64, 0, u64::MAX)?,
-            hsts_include_subdomains: s.bool("HSTS_INCLUDE_SUBDOMAINS", true)?,
-            hsts_preload: s.bool("HSTS_PRELOAD", false)?,
+            hsts_max_age: s.num("HSTS_MAX_AGE", 31_536_000u64, 0, u64::MAX),
+            hsts_include_subdomains: s.bool("HSTS_INCLUDE_SUBDOMAINS", true),
+            hsts_preload: s.bool("HSTS_PRELOAD", false),
             cors_allowed_origins,
-            cors_allow_credentials: s.bool("CORS_ALLOW_CREDENTIALS", false)?,
-            metrics_export_prometheus: s.bool("METRICS_EXPORT_PROMETHEUS", true)?,
+            cors_allow_credentials: s.bool("CORS_ALLOW_CREDENTIALS", false),
+            metrics_export_prometheus: s.bool("METRICS_EXPORT_PROMETHEUS", true),
             metrics_collection_interval_ms: s.num(
                 "METRICS_COLLECTION_INTERVAL_MS",
                 10_000u64,
                 100,
                 3_600_000,
-            )?,
-            log_health_check_failures: s.bool("LOG_HEALTH_CHECK_FAILURES", true)?,
+            ),
+            log_health_check_failures: s.bool("LOG_HEALTH_CHECK_FAILURES", true),
             health_memory_warn_mb,
             health_memory_fail_mb,
             ws_ping_interval_ms,
             ws_ping_timeout_ms,
-            ws_close_timeout_ms: s.num("WS_CLOSE_TIMEOUT_MS", 2_000u64, 10, 60_000)?,
-            http_keep_alive_timeout_ms: s.num(
-                "HTTP_KEEP_ALIVE_TIMEOUT_MS",
-                5_000u64,
-                0,
-                3_600_000,
-            )?,
-            join_timeout_ms: s.num("JOIN_TIMEOUT_MS", 10_000u64, 10, 3_600_000)?,
-            tcp_user_timeout_ms: s.num("TCP_USER_TIMEOUT_MS", 30_000u64, 0, 3_600_000)?,
-            tcp_notsent_lowat_bytes: s.num("TCP_NOTSENT_LOWAT_BYTES", 131_072u32, 0, 1 << 30)?,
-            tcp_receive_buffer_bytes: s.num(
-                "TCP_RECEIVE_BUFFER_BYTES",
-                131_072usize,
-                0,
-                1 << 30,
-            )?,
-            room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365)?,
-            presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000)?,
-            shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000)?,
-            room_arbiters: s.num("ROOM_ARBITERS", 0, 0, 256)?,
-            colocate_max_members: s.num("COLOCATE_MAX_MEMBERS", 32usize, 0, 1_000_000)?,
+            ws_close_timeout_ms: s.num("WS_CLOSE_TIMEOUT_MS", 2_000u64, 10, 60_000),
+            http_keep_alive_timeout_ms: s.num("HTTP_KEEP_ALIVE_TIMEOUT_MS", 5_000u64, 0, 3_600_000),
+            join_timeout_ms: s.num("JOIN_TIMEOUT_MS", 10_000u64, 10, 3_600_000),
+            tcp_user_timeout_ms: s.num("TCP_USER_TIMEOUT_MS", 30_000u64, 0, 3_600_000),
+            tcp_notsent_lowat_bytes: s.num("TCP_NOTSENT_LOWAT_BYTES", 131_072u32, 0, 1 << 30),
+            tcp_receive_buffer_bytes: s.num("TCP_RECEIVE_BUFFER_BYTES", 131_072usize, 0, 1 << 30),
+            room_idle_ttl_secs: s.num("ROOM_IDLE_TTL_SECS", 3600u64, 1, 86_400 * 365),
+            presence_ttl_ms: s.num("PRESENCE_TTL_MS", 15_000u64, 100, 3_600_000),
+            shutdown_timeout_ms: s.num("SHUTDOWN_TIMEOUT_MS", 25_000u64, 0, 3_600_000),
+            drain_spread_ms: s.num("DRAIN_SPREAD_MS", 10_000u64, 0, 3_600_000),
+            drain_min_batch: s.num("DRAIN_MIN_BATCH", 50usize, 1, usize::MAX),
+            room_arbiters: s.num("ROOM_ARBITERS", 0, 0, 256),
+            colocate_max_members: s.num("COLOCATE_MAX_MEMBERS", 32usize, 0, 1_000_000),
             service_version: s.string("SERVICE_VERSION", env!("CARGO_PKG_VERSION")),
             deployment_env: s.string("DEPLOYMENT_ENV", app_env.as_str()),
             instance_id: s.opt_string("INSTANCE_ID").unwrap_or_else(new_instance_id),
-        })
+        };
+        let errors = s.errors.into_inner();
+        if errors.is_empty() {
+            Ok(settings)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// How long a drain spreads its closes: `DRAIN_SPREAD_MS`, but never so
+    /// long that the last closes, the cluster flush and the exit would not
+    /// fit in `SHUTDOWN_TIMEOUT_MS` (3 s are kept for them).
+    pub fn drain_window(&self) -> std::time::Duration {
+        let cap = self.shutdown_timeout_ms.saturating_sub(DRAIN_RESERVE_MS);
+        std::time::Duration::from_millis(self.drain_spread_ms.min(cap))
+    }
+
+    /// Every setting by its variable name, as serving would use it, secrets
+    /// redacted (a password in `REDIS_URL` included): what `check-config`
+    /// prints.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        fn secret(set: bool) -> String {
+            if set { "[redacted]" } else { "unset" }.to_owned()
+        }
+        let b = |v: bool| v.to_string();
+        let n = |v: u64| v.to_string();
+        let u = |v: usize| v.to_string();
+        vec![
+            ("APP_ENV", self.app_env.as_str().to_owned()),
+            ("HOST", self.host.clone()),
+            ("PORT", self.port.to_string()),
+            ("WORKERS", u(self.workers)),
+            ("LOG_LEVEL", self.log_level.as_str().to_ascii_lowercase()),
+            (
+                "LOG_FORMAT",
+                match self.log_format {
+                    LogFormat::Json => "json",
+                    LogFormat::Pretty => "pretty",
+                }
+                .to_owned(),
+            ),
+            ("TRUST_PROXY", b(self.trust_proxy)),
+            (
+                "JOIN_TOKEN_SECRET",
+                if self.join_token_secret_generated {
+                    "[generated for this process]".to_owned()
+                } else {
+                    secret(true)
+                },
+            ),
+            (
+                "JOIN_TOKEN_SECRET_PREVIOUS",
+                secret(self.join_token_secret_previous.is_some()),
+            ),
+            ("JOIN_TOKEN_MAX_TTL_SECS", n(self.join_token_max_ttl_secs)),
+            ("JOIN_TOKEN_LEEWAY_SECS", n(self.join_token_leeway_secs)),
+            ("JOIN_TOKEN_TTL_SECS", n(self.join_token_ttl_secs)),
+            ("FEATURE_HEALTH_ENDPOINT", b(self.feature_health_endpoint)),
+            ("FEATURE_METRICS_ENDPOINT", b(self.feature_metrics_endpoint)),
+            (
+                "FEATURE_READINESS_ENDPOINT",
+                b(self.feature_readiness_endpoint),
+            ),
+            (
+                "FEATURE_GRACEFUL_SHUTDOWN",
+                b(self.feature_graceful_shutdown),
+            ),
+            ("FEATURE_CORS", b(self.feature_cors)),
+            ("FEATURE_SECURITY_HEADERS", b(self.feature_security_headers)),
+            ("FEATURE_REQUEST_ID", b(self.feature_request_id)),
+            ("FEATURE_DETAILED_ERRORS", b(self.feature_detailed_errors)),
+            ("FEATURE_IP_TRACKING", b(self.feature_ip_tracking)),
+            (
+                "FEATURE_TOKEN_REPLAY_PROTECTION",
+                b(self.feature_token_replay_protection),
+            ),
+            (
+                "FEATURE_SLOW_CONSUMER_PROTECTION",
+                b(self.feature_slow_consumer_protection),
+            ),
+            (
+                "FEATURE_AUTO_ROOM_CLEANUP",
+                b(self.feature_auto_room_cleanup),
+            ),
+            ("FEATURE_ROOM_API", b(self.feature_room_api)),
+            ("FEATURE_ECHO_ENDPOINT", b(self.feature_echo_endpoint)),
+            ("MAX_CONNS_PER_IP", u(self.max_conns_per_ip)),
+            ("MAX_TOTAL_CONNECTIONS", u(self.max_total_connections)),
+            ("MAX_PENDING_CONNECTIONS", u(self.max_pending_connections)),
+            (
+                "MAX_ROOM_CREATES_PER_IP_PER_MIN",
+                n(self.max_room_creates_per_ip_per_min),
+            ),
+            (
+                "MAX_TOKEN_MINTS_PER_IP_PER_MIN",
+                n(self.max_token_mints_per_ip_per_min),
+            ),
+            ("HTTP_PROBE_LIMIT_PER_MIN", n(self.http_probe_limit_per_min)),
+            ("MAX_MSGS_PER_10S", n(self.max_msgs_per_10s)),
+            ("MAX_BYTES_PER_10S", n(self.max_bytes_per_10s)),
+            (
+                "SLOW_CONSUMER_BUFFER_THRESHOLD",
+                u(self.slow_consumer_buffer_threshold),
+            ),
+            ("MAX_ROOM_MEMBERS", u(self.max_room_members)),
+            ("MAX_MESSAGE_BYTES", u(self.max_message_bytes)),
+            ("CSP_DIRECTIVES", self.csp_directives.clone()),
+            ("HSTS_MAX_AGE", n(self.hsts_max_age)),
+            ("HSTS_INCLUDE_SUBDOMAINS", b(self.hsts_include_subdomains)),
+            ("HSTS_PRELOAD", b(self.hsts_preload)),
+            ("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.join(",")),
+            ("CORS_ALLOW_CREDENTIALS", b(self.cors_allow_credentials)),
+            (
+                "METRICS_EXPORT_PROMETHEUS",
+                b(self.metrics_export_prometheus),
+            ),
+            (
+                "METRICS_COLLECTION_INTERVAL_MS",
+                n(self.metrics_collection_interval_ms),
+            ),
+            (
+                "LOG_HEALTH_CHECK_FAILURES",
+                b(self.log_health_check_failures),
+            ),
+            ("HEALTH_MEMORY_WARN_MB", n(self.health_memory_warn_mb)),
+            ("HEALTH_MEMORY_FAIL_MB", n(self.health_memory_fail_mb)),
+            ("WS_PING_INTERVAL_MS", n(self.ws_ping_interval_ms)),
+            ("WS_PING_TIMEOUT_MS", n(self.ws_ping_timeout_ms)),
+            ("WS_CLOSE_TIMEOUT_MS", n(self.ws_close_timeout_ms)),
+            (
+                "HTTP_KEEP_ALIVE_TIMEOUT_MS",
+                n(self.http_keep_alive_timeout_ms),
+            ),
+            ("JOIN_TIMEOUT_MS", n(self.join_timeout_ms)),
+            ("TCP_USER_TIMEOUT_MS", n(self.tcp_user_timeout_ms)),
+            (
+                "TCP_NOTSENT_LOWAT_BYTES",
+                self.tcp_notsent_lowat_bytes.to_string(),
+            ),
+            ("TCP_RECEIVE_BUFFER_BYTES", u(self.tcp_receive_buffer_bytes)),
+            ("ROOM_IDLE_TTL_SECS", n(self.room_idle_ttl_secs)),
+            ("SHUTDOWN_TIMEOUT_MS", n(self.shutdown_timeout_ms)),
+            ("DRAIN_SPREAD_MS", n(self.drain_spread_ms)),
+            ("DRAIN_MIN_BATCH", u(self.drain_min_batch)),
+            ("ROOM_ARBITERS", u(self.room_arbiters)),
+            ("COLOCATE_MAX_MEMBERS", u(self.colocate_max_members)),
+            (
+                "REDIS_URL",
+                self.redis_url
+                    .as_deref()
+                    .map(redact_redis_urls)
+                    .unwrap_or_else(|| "unset".to_owned()),
+            ),
+            ("REDIS_CLUSTER", b(self.redis_cluster)),
+            (
+                "CLUSTER_SECRET",
+                if self.cluster_secret_derived {
+                    "[derived from JOIN_TOKEN_SECRET]".to_owned()
+                } else {
+                    secret(true)
+                },
+            ),
+            ("PRESENCE_TTL_MS", n(self.presence_ttl_ms)),
+            ("REDIS_CONNECT_TIMEOUT", n(self.redis_connect_timeout_ms)),
+            ("REDIS_COMMAND_TIMEOUT_MS", n(self.redis_command_timeout_ms)),
+            (
+                "REDIS_MAX_RETRIES_PER_REQUEST",
+                self.redis_max_retries_per_request.to_string(),
+            ),
+            ("REDIS_ENABLE_READY_CHECK", b(self.redis_enable_ready_check)),
+            ("REDIS_RECONNECT_MAX_MS", n(self.redis_reconnect_max_ms)),
+            ("REDIS_POOL_SIZE", u(self.redis_pool_size)),
+            (
+                "REDIS_RECEIVE_BUFFER_BYTES",
+                u(self.redis_receive_buffer_bytes),
+            ),
+            (
+                "REDIS_PUBLISH_BUFFER_BYTES",
+                u(self.redis_publish_buffer_bytes),
+            ),
+            ("SERVICE_VERSION", self.service_version.clone()),
+            ("DEPLOYMENT_ENV", self.deployment_env.clone()),
+            ("INSTANCE_ID", self.instance_id.clone()),
+        ]
+    }
+
+    /// What an operator should know about settings that are valid but
+    /// probably not what was meant; logged at start-up and printed by
+    /// `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.join_token_secret_generated {
+            out.push(
+                "JOIN_TOKEN_SECRET is not set: a random secret is used for this process only; \
+                 tokens minted elsewhere will not verify (set it in production)"
+                    .to_owned(),
+            );
+        }
+        if self.app_env == AppEnv::Production && self.feature_detailed_errors {
+            out.push(
+                "FEATURE_DETAILED_ERRORS is on in production: error bodies say which check \
+                 failed and which setting governs it"
+                    .to_owned(),
+            );
+        }
+        if self.feature_graceful_shutdown
+            && u128::from(self.drain_spread_ms) > self.drain_window().as_millis()
+        {
+            out.push(format!(
+                "DRAIN_SPREAD_MS ({}) does not fit in SHUTDOWN_TIMEOUT_MS ({}) with {} ms to spare: \
+                 closes are spread over {} ms (raise SHUTDOWN_TIMEOUT_MS or lower DRAIN_SPREAD_MS)",
+                self.drain_spread_ms,
+                self.shutdown_timeout_ms,
+                DRAIN_RESERVE_MS,
+                self.drain_window().as_millis()
+            ));
+        }
+        out
     }
 
     /// One line per setting for the start-up log, secrets redacted.
@@ -821,6 +1107,49 @@ mod tests {
                 .var,
             "APP_ENV"
         );
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_only_the_first() {
+        let vars: HashMap<String, String> = [
+            ("port", "x"),
+            ("feature_cors", "maybe"),
+            ("max_bytes_per_10s", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let all = Settings::from_vars(&vars).unwrap_err();
+        let mut names: Vec<&str> = all.iter().map(|e| e.var.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["FEATURE_CORS", "MAX_BYTES_PER_10S", "PORT"]);
+        let text = SettingsErrors(all).to_string();
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_password_in_the_redis_url_is_redacted() {
+        assert_eq!(
+            redact_redis_urls("redis://u:pw@h:1/0"),
+            "redis://u:[redacted]@h:1/0"
+        );
+        assert_eq!(
+            redact_redis_urls("redis://:pw@a:1, redis://b:2"),
+            "redis://:[redacted]@a:1,redis://b:2"
+        );
+        assert_eq!(redact_redis_urls("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn the_drain_window_leaves_room_for_the_exit() {
+        let s = Settings::from_pairs([]).unwrap();
+        assert_eq!(s.drain_window().as_millis(), 10_000);
+        assert!(s.warnings().iter().all(|w| !w.contains("DRAIN_SPREAD_MS")));
+        let s = Settings::from_pairs([("SHUTDOWN_TIMEOUT_MS", "5000")]).unwrap();
+        assert_eq!(s.drain_window().as_millis(), 2_000);
+        assert!(s.warnings().iter().any(|w| w.contains("DRAIN_SPREAD_MS")));
+        let s = Settings::from_pairs([("SHUTDOWN_TIMEOUT_MS", "1000")]).unwrap();
+        assert!(s.drain_window().is_zero());
     }
 
     #[test]

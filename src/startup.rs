@@ -26,7 +26,7 @@ use crate::metrics::{Metrics, MetricsActor};
 use crate::registry::{Registry, RegistryConfig};
 use crate::replay::ReplayGuard;
 use crate::room::{ClusterConfig, RoomConfig};
-use crate::settings::{AppEnv, Settings};
+use crate::settings::Settings;
 use crate::state::AppState;
 use crate::token::JoinTokens;
 
@@ -60,14 +60,16 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let settings = Arc::new(settings);
         let s = &settings;
-        if s.app_env == AppEnv::Production && s.feature_detailed_errors {
-            slog::warn!(
-                log,
-                "FEATURE_DETAILED_ERRORS is on in production: error bodies say which \
-                check failed (set it to false)"
-            );
+        for warning in s.warnings() {
+            slog::warn!(log, "{}", warning);
         }
         let metrics = Metrics::new();
+        metrics
+            .connections_max
+            .set(i64::try_from(s.max_total_connections).unwrap_or(i64::MAX));
+        metrics
+            .memory_limit_bytes
+            .set(i64::try_from(crate::metrics::cgroup_memory_limit_bytes()).unwrap_or(0));
         // Cluster mode: the link to Redis, and the bridge that keeps it. The
         // instance starts whether or not Redis answers yet; `/ready` waits
         // for the first connection.
@@ -388,10 +390,25 @@ impl AppHandle {
 
     /// Starts draining without stopping the server: `/ready` turns 503,
     /// upgrades get 503, sessions are closed with 1012.
+    /// The closes are spread over `DRAIN_SPREAD_MS` (bounded by
+    /// `SHUTDOWN_TIMEOUT_MS`) in batches, so that the clients of this
+    /// instance do not all reconnect to the others in the same instant.
     pub fn begin_drain(&self) {
-        self.state.ready.store(false, Ordering::Relaxed);
-        self.state.draining.send_replace(true);
-        self.state.sessions.drain();
+        let state = &self.state;
+        if state.draining.send_replace(true) {
+            return; // already draining
+        }
+        state.ready.store(false, Ordering::Relaxed);
+        state.metrics.draining.set(1);
+        let sessions = state.sessions.drain();
+        let window = state.settings.drain_window();
+        slog::info!(state.log, "draining";
+            "sessions" => sessions.len(), "window_ms" => window.as_millis() as u64);
+        actix_rt::spawn(crate::session::spread_drain(
+            sessions,
+            window,
+            state.settings.drain_min_batch,
+        ));
     }
 
     /// Graceful shutdown (PROTOCOL.md section 6): `/ready` turns 503,

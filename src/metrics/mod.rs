@@ -9,7 +9,7 @@ mod sharded;
 pub use actor::{MetricsActor, Render};
 pub use sharded::ShardedCounter;
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::protocol::Close;
 
@@ -48,6 +48,13 @@ pub struct Metrics {
     pub session_moves: IntCounter,
     pub uptime_seconds: IntGauge,
     pub resident_memory_bytes: IntGauge,
+    /// The memory limit of the process's cgroup (a container's limit), 0
+    /// when there is none: alerts compare the resident size with it.
+    pub memory_limit_bytes: IntGauge,
+    /// `MAX_TOTAL_CONNECTIONS`, for dashboards and alerts on headroom.
+    pub connections_max: IntGauge,
+    /// 1 from the start of a drain until the exit.
+    pub draining: IntGauge,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
@@ -184,7 +191,31 @@ impl Metrics {
                 "blindrelay_resident_memory_bytes",
                 "Resident set size of the process",
             ),
-            registry: r,
+            memory_limit_bytes: gauge(
+                &r,
+                "blindrelay_memory_limit_bytes",
+                "Memory limit of the process's cgroup (0: none)",
+            ),
+            connections_max: gauge(
+                &r,
+                "blindrelay_connections_max",
+                "Open WebSocket sessions allowed (MAX_TOTAL_CONNECTIONS)",
+            ),
+            draining: gauge(
+                &r,
+                "blindrelay_draining",
+                "1 while the instance drains for shutdown",
+            ),
+            registry: {
+                let info = IntGaugeVec::new(
+                    Opts::new("blindrelay_build_info", "The running build (always 1)"),
+                    &["version"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(info.clone())).expect("unique metric");
+                info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                r
+            },
         }
     }
 
@@ -201,6 +232,44 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The memory limit of this process's cgroup in bytes (v2 `memory.max`,
+/// else v1 `memory.limit_in_bytes`); 0 when unlimited or unknown.
+pub fn cgroup_memory_limit_bytes() -> u64 {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let groups = read("/proc/self/cgroup").unwrap_or_default();
+    // "0::/path" (v2, unified) or "N:memory:/path" (v1); in a container the
+    // path is usually "/" and the files sit at the mount's root.
+    let path_of = |prefix: &str| {
+        groups
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|p| p.trim_end_matches('/').to_owned())
+    };
+    let mut candidates = Vec::new();
+    if let Some(p) = path_of("0::") {
+        candidates.push(format!("/sys/fs/cgroup{p}/memory.max"));
+    }
+    candidates.push("/sys/fs/cgroup/memory.max".to_owned());
+    if let Some(p) = groups.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.trim_end_matches('/').to_owned())
+    }) {
+        candidates.push(format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes"));
+    }
+    candidates.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".to_owned());
+    candidates
+        .iter()
+        .find_map(|p| read(p))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        // "max" (v2) does not parse; v1 says "no limit" with a number near 2^63.
+        .filter(|&v| v < (1 << 62))
+        .unwrap_or(0)
 }
 
 /// Resident memory of this process in bytes (Linux; 0 elsewhere).

@@ -449,6 +449,12 @@ impl WsSession {
             slog::debug!(self.log, "invalid frame"; "problem" => "second join");
             return self.close(ctx, Close::InvalidFrame);
         }
+        // A join while draining would take a place only to lose it: 1012
+        // at once, before the token is burned, so that the client can use
+        // it on another instance.
+        if self.app.is_draining() {
+            return self.close(ctx, Close::Shutdown);
+        }
         let claims = match self.app.tokens.verify(token) {
             Ok(c) => c,
             Err(e) => {

@@ -9,4 +9,4 @@ mod outbound;
 mod roster;
 
 pub(crate) use actor::{start, Mode, Ticket};
-pub(crate) use roster::Roster;
+pub(crate) use roster::{spread as spread_drain, Roster};

@@ -1,4 +1,5 @@
-//! Every live session, so that a drain reaches them all.
+//! Every live session, so that a drain reaches them all, and the drain
+//! itself: closes spread over `DRAIN_SPREAD_MS` instead of all at once.
 //!
 //! Each session used to wait on a shared `watch` channel for the drain
 //! signal. That wait is an item of the session's context, polled on every
@@ -9,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -51,16 +53,114 @@ impl Roster {
         self.lock().sessions.remove(&id);
     }
 
-    /// Starts the drain: every session present is told, and none enters
-    /// from now on.
-    pub(crate) fn drain(&self) {
-        let sessions: Vec<_> = {
-            let mut inner = self.lock();
-            inner.draining = true;
-            inner.sessions.drain().map(|(_, s)| s).collect()
-        };
-        for s in sessions {
+    /// Starts the drain: no session enters from now on, and those present
+    /// are handed back (in no particular order) for [`spread`] to close.
+    pub(crate) fn drain(&self) -> Vec<Recipient<Drain>> {
+        let mut inner = self.lock();
+        inner.draining = true;
+        inner.sessions.drain().map(|(_, s)| s).collect()
+    }
+}
+
+/// The step between two batches of a drain.
+pub(crate) const DRAIN_STEP: Duration = Duration::from_millis(100);
+
+/// How a drain of `n` sessions is cut: the size of each batch (one batch
+/// per [`DRAIN_STEP`]). Batches are as small as spreading `n` over `window`
+/// allows but never below `min_batch`, so the clients reconnect to the other
+/// instances at a bounded rate (`n / window`, or `min_batch` per step for a
+/// small instance, which then finishes early instead of idling through the
+/// window).
+pub(crate) fn batch_size(n: usize, window: Duration, min_batch: usize) -> usize {
+    let steps = (window.as_millis() / DRAIN_STEP.as_millis()).max(1) as usize;
+    n.div_ceil(steps).max(min_batch).max(1)
+}
+
+/// Closes `sessions` with 1012 in batches over `window`: shuffled, so that
+/// the clients of one room or of one app version do not all go in the same
+/// batch, and each batch a random part of a step late, so that instances
+/// draining together do not close in lockstep.
+pub(crate) async fn spread(
+    mut sessions: Vec<Recipient<Drain>>,
+    window: Duration,
+    min_batch: usize,
+) {
+    let mut rng = Rng::seeded();
+    for i in (1..sessions.len()).rev() {
+        sessions.swap(i, rng.below(i + 1));
+    }
+    let size = batch_size(sessions.len(), window, min_batch);
+    let start = tokio::time::Instant::now();
+    for (i, batch) in sessions.chunks(size).enumerate() {
+        if i > 0 {
+            let jitter =
+                Duration::from_millis(rng.below(DRAIN_STEP.as_millis() as usize / 2) as u64);
+            tokio::time::sleep_until(start + DRAIN_STEP * i as u32 + jitter).await;
+        }
+        for s in batch {
             s.do_send(Drain);
         }
+    }
+}
+
+/// A small generator for the shuffle (splitmix64 seeded from the operating
+/// system): the order needs to be unpredictable to nobody, only uneven.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        Rng(u64::from_le_bytes(seed))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_drain_is_spread_over_the_whole_window() {
+        // 10,000 sessions over 10 s: 100 steps of 100.
+        assert_eq!(batch_size(10_000, Duration::from_secs(10), 50), 100);
+        // Even when the division does not fall right, nothing is left over.
+        let size = batch_size(10_001, Duration::from_secs(10), 50);
+        assert!(10_001usize.div_ceil(size) <= 100);
+    }
+
+    #[test]
+    fn a_small_drain_takes_few_steps() {
+        assert_eq!(batch_size(120, Duration::from_secs(10), 50), 50);
+        assert_eq!(batch_size(3, Duration::from_secs(10), 50), 50);
+    }
+
+    #[test]
+    fn no_window_closes_everyone_at_once() {
+        assert_eq!(batch_size(10_000, Duration::ZERO, 50), 10_000);
+        assert_eq!(batch_size(0, Duration::ZERO, 1), 1);
+    }
+
+    #[test]
+    fn the_generator_stays_below_its_bound() {
+        let mut rng = Rng(7);
+        assert!((0..1000).all(|_| rng.below(10) < 10));
+        assert_eq!(rng.below(0), 0);
     }
 }

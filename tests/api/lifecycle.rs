@@ -80,6 +80,93 @@ async fn graceful_shutdown_closes_every_session_with_1012_and_refuses_new_ones()
 }
 
 #[actix_web::test]
+async fn a_drain_spreads_its_closes_over_the_window_in_batches() {
+    let app = spawn_app(&[
+        ("SHUTDOWN_TIMEOUT_MS", "5000"),
+        ("DRAIN_SPREAD_MS", "1500"),
+        ("DRAIN_MIN_BATCH", "5"),
+        ("MAX_CONNS_PER_IP", "1000"),
+    ])
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        clients.push(app.join(&unique("r")).await.0);
+    }
+    let started = std::time::Instant::now();
+    let handle = app.handle.clone();
+    let shutdown = actix_rt::spawn(async move { handle.shutdown().await });
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            actix_rt::spawn(async move {
+                c.expect_close(1012, "service restart").await;
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut at = Vec::new();
+    for w in waits {
+        at.push(w.await.unwrap());
+    }
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(5000),
+        "exits within SHUTDOWN_TIMEOUT_MS"
+    );
+    at.sort();
+    // 60 sessions over 1.5 s in batches of at least 5, one per 100 ms step:
+    // 12 batches over about 1.1 s, never everyone at once.
+    let span = at[at.len() - 1] - at[0];
+    assert!(
+        span >= Duration::from_millis(700),
+        "closes spread over {span:?}"
+    );
+    let densest = (0..at.len())
+        .map(|i| {
+            at[i..]
+                .iter()
+                .take_while(|t| **t - at[i] < Duration::from_millis(40))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(densest <= 20, "{densest} closes within 40 ms: {at:?}");
+    assert!(app.logs.text().contains("draining"));
+}
+
+#[actix_web::test]
+async fn a_join_sent_while_draining_is_closed_with_1012_at_once() {
+    // A long window: the sessions would otherwise wait their turn.
+    let app = spawn_app(&[
+        ("SHUTDOWN_TIMEOUT_MS", "30000"),
+        ("DRAIN_SPREAD_MS", "20000"),
+        ("DRAIN_MIN_BATCH", "1"),
+    ])
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(app.connect().await);
+    }
+    app.handle.begin_drain();
+    let started = std::time::Instant::now();
+    for c in idle.iter_mut() {
+        c.send_json(json!({"type": "join", "token": token(&unique("r"))}))
+            .await;
+    }
+    for c in idle.iter_mut() {
+        c.expect_close(1012, "service restart").await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused at the join, not at the end of the window"
+    );
+    assert_eq!(app.metric("blindrelay_draining").await, 1.0);
+}
+
+#[actix_web::test]
 async fn while_draining_ready_is_503_and_upgrades_get_503() {
     // Draining without stopping the server, so the probes can be asked.
     let app = spawn_app(&[("SHUTDOWN_TIMEOUT_MS", "2000")]).await;
