@@ -190,6 +190,41 @@ async fn live_ready_and_health_have_the_documented_shapes() {
 }
 
 #[actix_web::test]
+async fn health_is_degraded_past_a_warning_and_unhealthy_past_a_failure_threshold() {
+    // Any process holds more than 1 MB: the memory check warns.
+    let warn = spawn_app(&[("HEALTH_MEMORY_WARN_MB", "1")]).await;
+    let (status, _, body) = warn.get("/health").await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, health["status"].as_str()), (200, Some("degraded")));
+    assert_eq!(health["checks"]["memory"]["status"], "warn");
+    assert!(health["checks"]["memory"]["observedValue"].as_u64().unwrap() >= 1);
+    assert!(warn.logs.text().contains("health check not passing"));
+
+    let fail = spawn_app(&[
+        ("HEALTH_MEMORY_WARN_MB", "1"),
+        ("HEALTH_MEMORY_FAIL_MB", "1"),
+        ("LOG_HEALTH_CHECK_FAILURES", "false"),
+    ])
+    .await;
+    let (status, _, body) = fail.get("/health").await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, health["status"].as_str()), (503, Some("unhealthy")));
+    assert_eq!(health["checks"]["memory"]["status"], "fail");
+    assert!(!fail.logs.text().contains("health check not passing"));
+
+    // The connection check counts open sessions against the limit.
+    let full = spawn_app(&[("MAX_TOTAL_CONNECTIONS", "1")]).await;
+    let _member = full.join(&unique("r")).await;
+    let (status, _, body) = full.get("/health").await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(
+        health["checks"]["connections"],
+        json!({"status": "fail", "observedValue": 1, "observedUnit": "connections"})
+    );
+}
+
+#[actix_web::test]
 async fn metrics_come_as_prometheus_text_or_json_with_the_core_names() {
     let app = spawn_app(&[]).await;
     let (_, mut m) = app.room_of(2).await;
@@ -570,4 +605,17 @@ async fn a_join_sent_in_the_same_packet_as_the_upgrade_is_not_lost() {
     let res = raw_exchange(app.port, &bytes, Duration::from_millis(500)).await;
     assert!(res.starts_with("HTTP/1.1 101"), "{res}");
     assert!(res.contains(r#""type":"welcome""#), "{res}");
+}
+
+#[actix_web::test]
+async fn operational_metrics_name_the_build_the_connection_limit_and_the_drain() {
+    let app = spawn_app(&[("MAX_TOTAL_CONNECTIONS", "1234")]).await;
+    let build = format!(
+        r#"blindrelay_build_info{{version="{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(app.metric(&build).await, 1.0);
+    assert_eq!(app.metric("blindrelay_connections_max").await, 1234.0);
+    assert_eq!(app.metric("blindrelay_draining").await, 0.0);
+    assert!(app.metric("blindrelay_memory_limit_bytes").await >= 0.0);
 }
