@@ -109,6 +109,9 @@ pub struct Settings {
     pub feature_auto_room_cleanup: bool,
     pub feature_room_api: bool,
     pub feature_echo_endpoint: bool,
+    /// `FEATURE_WEB_CLIENT`: the reference web client at `/` (on in
+    /// development, off by default in production).
+    pub feature_web_client: bool,
 
     pub max_conns_per_ip: usize,
     pub max_total_connections: usize,
@@ -589,6 +592,7 @@ impl Settings {
             feature_auto_room_cleanup: s.bool("FEATURE_AUTO_ROOM_CLEANUP", true),
             feature_room_api: s.bool("FEATURE_ROOM_API", true),
             feature_echo_endpoint: s.bool("FEATURE_ECHO_ENDPOINT", false),
+            feature_web_client: s.bool("FEATURE_WEB_CLIENT", !prod),
             max_conns_per_ip: s.num("MAX_CONNS_PER_IP", 50usize, 1, usize::MAX),
             max_total_connections: s.num("MAX_TOTAL_CONNECTIONS", 10_000usize, 1, usize::MAX),
             max_pending_connections: s.num("MAX_PENDING_CONNECTIONS", 1_000usize, 1, 1_000_000),
@@ -730,6 +734,7 @@ impl Settings {
             ),
             ("FEATURE_ROOM_API", b(self.feature_room_api)),
             ("FEATURE_ECHO_ENDPOINT", b(self.feature_echo_endpoint)),
+            ("FEATURE_WEB_CLIENT", b(self.feature_web_client)),
             ("MAX_CONNS_PER_IP", u(self.max_conns_per_ip)),
             ("MAX_TOTAL_CONNECTIONS", u(self.max_total_connections)),
             ("MAX_PENDING_CONNECTIONS", u(self.max_pending_connections)),

@@ -94,8 +94,12 @@ pub(crate) async fn security_headers(
     let mut res = next.call(req).await?.map_into_boxed_body();
     if s.feature_security_headers {
         let h = res.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&s.csp_directives) {
-            h.insert(header::CONTENT_SECURITY_POLICY, v);
+        // The web client's pages carry their own policy (src/http/client.rs);
+        // everything else gets the configured one.
+        if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+            if let Ok(v) = HeaderValue::from_str(&s.csp_directives) {
+                h.insert(header::CONTENT_SECURITY_POLICY, v);
+            }
         }
         if s.hsts_max_age > 0 {
             let mut hsts = format!("max-age={}", s.hsts_max_age);

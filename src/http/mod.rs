@@ -1,6 +1,7 @@
 //! The HTTP surface (PROTOCOL.md section 3): routes, middleware, the error
 //! body, and the WebSocket upgrade that hands a connection to a session.
 
+pub(crate) mod client;
 mod errors;
 mod middleware;
 mod probes;
@@ -36,6 +37,9 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
     cfg.service(web::resource("/v1/ws").route(web::get().to(ws::relay)));
     if settings.feature_echo_endpoint {
         cfg.service(web::resource("/v1/echo").route(web::get().to(ws::echo)));
+    }
+    if settings.feature_web_client {
+        client::routes(cfg);
     }
 }
 

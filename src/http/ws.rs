@@ -10,6 +10,7 @@ use actix_http::ws::HandshakeError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 
+use super::client::same_origin;
 use super::errors::{ApiError, RequestId};
 use super::middleware::origin_allowed;
 use super::upgrade::ViaUpgrade;
@@ -95,7 +96,9 @@ async fn upgrade(
         .retry_after(1));
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| origin_allowed(s, o));
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(s, o) || same_origin(s, &req, o));
         if !ok {
             app.metrics.reject("origin");
             return Err(ApiError::new(

@@ -197,7 +197,12 @@ async fn health_is_degraded_past_a_warning_and_unhealthy_past_a_failure_threshol
     let health: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((status, health["status"].as_str()), (200, Some("degraded")));
     assert_eq!(health["checks"]["memory"]["status"], "warn");
-    assert!(health["checks"]["memory"]["observedValue"].as_u64().unwrap() >= 1);
+    assert!(
+        health["checks"]["memory"]["observedValue"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     assert!(warn.logs.text().contains("health check not passing"));
 
     let fail = spawn_app(&[
@@ -208,7 +213,10 @@ async fn health_is_degraded_past_a_warning_and_unhealthy_past_a_failure_threshol
     .await;
     let (status, _, body) = fail.get("/health").await;
     let health: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((status, health["status"].as_str()), (503, Some("unhealthy")));
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (503, Some("unhealthy"))
+    );
     assert_eq!(health["checks"]["memory"]["status"], "fail");
     assert!(!fail.logs.text().contains("health check not passing"));
 
@@ -618,4 +626,77 @@ async fn operational_metrics_name_the_build_the_connection_limit_and_the_drain()
     assert_eq!(app.metric("blindrelay_connections_max").await, 1234.0);
     assert_eq!(app.metric("blindrelay_draining").await, 0.0);
     assert!(app.metric("blindrelay_memory_limit_bytes").await >= 0.0);
+}
+
+#[actix_web::test]
+async fn the_web_client_is_served_with_its_own_policy_and_only_when_switched_on() {
+    let app = spawn_app(&[("FEATURE_WEB_CLIENT", "true")]).await;
+    let (status, headers, body) = app.get("/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#"data-testid="create-room""#));
+    let csp = headers
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    let (status, headers, body) = app.get("/app.js").await;
+    assert_eq!(status, 200);
+    assert!(headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(body.contains("AES-GCM"));
+    // The API keeps the strict policy.
+    let (_, headers, _) = app.get("/live").await;
+    let api_csp = headers
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(!api_csp.contains("script-src"), "{api_csp}");
+
+    // Off by default in production.
+    let prod = spawn_app(&[("APP_ENV", "production")]).await;
+    assert_eq!(prod.get("/").await.0, 404);
+    assert_eq!(prod.get("/app.js").await.0, 404);
+}
+
+#[actix_web::test]
+async fn the_web_clients_own_origin_may_open_a_websocket_when_it_is_on() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let upgrade = |port: u16, origin: String| {
+        let mut req = format!("ws://127.0.0.1:{port}/v1/ws")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    };
+    for (on, want) in [("true", 101), ("false", 403)] {
+        let app = spawn_app(&[
+            ("APP_ENV", "production"),
+            ("FEATURE_WEB_CLIENT", on),
+            ("CORS_ALLOWED_ORIGINS", "https://chat.example"),
+        ])
+        .await;
+        let own = format!("http://127.0.0.1:{}", app.port);
+        assert_eq!(
+            status(upgrade(app.port, own).await),
+            want,
+            "web client {on}"
+        );
+        let foreign = "http://127.0.0.1:1".to_owned();
+        assert_eq!(status(upgrade(app.port, foreign).await), 403);
+    }
 }
