@@ -10,6 +10,7 @@ mod frames;
 mod hostile;
 mod http_api;
 mod lifecycle;
+mod ops;
 mod privacy;
 mod process;
 mod tokens;
