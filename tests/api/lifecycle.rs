@@ -138,6 +138,32 @@ async fn a_drain_spreads_its_closes_over_the_window_in_batches() {
 }
 
 #[actix_web::test]
+async fn what_was_accepted_before_the_drain_is_delivered_before_the_1012() {
+    let app = spawn_app(&[("SHUTDOWN_TIMEOUT_MS", "3000")]).await;
+    let (_, mut m) = app.room_of(3).await;
+    for i in 0..20 {
+        m[0].0
+            .send_json(json!({"type": "send", "data": format!("m{i}"), "id": format!("{i}")}))
+            .await;
+    }
+    for i in 0..20 {
+        assert_eq!(
+            m[0].0.recv_json().await,
+            json!({"type": "ack", "id": format!("{i}")})
+        );
+    }
+    // Accepted, and not yet read by the others: the drain comes now.
+    app.handle.begin_drain();
+    for (c, _) in m.iter_mut().skip(1) {
+        for i in 0..20 {
+            assert_eq!(c.recv_json().await["data"], format!("m{i}"));
+        }
+        c.expect_close(1012, "service restart").await;
+    }
+    m[0].0.expect_close(1012, "service restart").await;
+}
+
+#[actix_web::test]
 async fn a_join_sent_while_draining_is_closed_with_1012_at_once() {
     // A long window: the sessions would otherwise wait their turn.
     let app = spawn_app(&[
