@@ -40,6 +40,17 @@ fn random_bytes(out: &mut [u8]) {
     });
 }
 
+/// A number in `0..n` (0 when `n` is 0), from the same pool; the modulo's
+/// bias is below 2^-40 for the sizes it is used with.
+pub(crate) fn random_below(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut b = [0u8; 8];
+    random_bytes(&mut b);
+    (u64::from_le_bytes(b) % n as u64) as usize
+}
+
 fn random_b64(bytes: usize) -> String {
     let mut buf = [0u8; 32];
     let buf = &mut buf[..bytes.min(32)];
@@ -100,6 +111,13 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn random_numbers_stay_below_their_bound() {
+        assert!((0..1000).all(|_| random_below(10) < 10));
+        assert_eq!(random_below(0), 0);
+        assert_eq!(random_below(1), 0);
+    }
 
     #[test]
     fn generated_room_ids_have_22_url_safe_chars_and_validate() {

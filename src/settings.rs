@@ -869,83 +869,46 @@ impl Settings {
         out
     }
 
-    /// One line per setting for the start-up log, secrets redacted.
+    /// The main settings for the start-up log: a selection of
+    /// [`Settings::effective`] (so secrets are redacted in one place), and
+    /// the mode the instance runs in.
     pub fn summary(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("app_env", self.app_env.as_str().to_owned()),
-            ("deployment_env", self.deployment_env.clone()),
-            ("listen", format!("{}:{}", self.host, self.port)),
-            ("workers", self.workers.to_string()),
-            (
-                "mode",
-                if self.redis_cluster && self.redis_url.is_some() {
-                    "cluster (Redis Cluster)"
-                } else if self.redis_url.is_some() {
-                    "cluster"
-                } else {
-                    "standalone"
-                }
-                .to_owned(),
-            ),
-            (
-                "join_token_secret",
-                if self.join_token_secret_generated {
-                    "generated"
-                } else {
-                    "[redacted]"
-                }
-                .to_owned(),
-            ),
-            (
-                "join_token_secret_previous",
-                if self.join_token_secret_previous.is_some() {
-                    "[redacted]"
-                } else {
-                    "unset"
-                }
-                .to_owned(),
-            ),
-            (
-                "cluster_secret",
-                if self.redis_url.is_none() {
-                    "unused"
-                } else if self.cluster_secret_derived {
-                    "derived"
-                } else {
-                    "[redacted]"
-                }
-                .to_owned(),
-            ),
-            ("presence_ttl_ms", self.presence_ttl_ms.to_string()),
-            (
-                "replay_protection",
-                self.feature_token_replay_protection.to_string(),
-            ),
-            ("room_api", self.feature_room_api.to_string()),
-            (
-                "max_total_connections",
-                self.max_total_connections.to_string(),
-            ),
-            ("max_conns_per_ip", self.max_conns_per_ip.to_string()),
-            (
-                "max_pending_connections",
-                self.max_pending_connections.to_string(),
-            ),
-            ("max_room_members", self.max_room_members.to_string()),
-            ("max_message_bytes", self.max_message_bytes.to_string()),
-            ("max_msgs_per_10s", self.max_msgs_per_10s.to_string()),
-            ("max_bytes_per_10s", self.max_bytes_per_10s.to_string()),
-            (
-                "slow_consumer_buffer_threshold",
-                self.slow_consumer_buffer_threshold.to_string(),
-            ),
-            ("ws_ping_interval_ms", self.ws_ping_interval_ms.to_string()),
-            ("ws_ping_timeout_ms", self.ws_ping_timeout_ms.to_string()),
-            ("ws_close_timeout_ms", self.ws_close_timeout_ms.to_string()),
-            ("join_timeout_ms", self.join_timeout_ms.to_string()),
-            ("ip_tracking", self.feature_ip_tracking.to_string()),
-            ("trust_proxy", self.trust_proxy.to_string()),
-        ]
+        const SHOWN: [&str; 22] = [
+            "APP_ENV",
+            "DEPLOYMENT_ENV",
+            "HOST",
+            "PORT",
+            "WORKERS",
+            "TRUST_PROXY",
+            "JOIN_TOKEN_SECRET",
+            "JOIN_TOKEN_SECRET_PREVIOUS",
+            "FEATURE_IP_TRACKING",
+            "FEATURE_TOKEN_REPLAY_PROTECTION",
+            "FEATURE_ROOM_API",
+            "MAX_CONNS_PER_IP",
+            "MAX_TOTAL_CONNECTIONS",
+            "MAX_PENDING_CONNECTIONS",
+            "MAX_MSGS_PER_10S",
+            "MAX_BYTES_PER_10S",
+            "SLOW_CONSUMER_BUFFER_THRESHOLD",
+            "MAX_ROOM_MEMBERS",
+            "MAX_MESSAGE_BYTES",
+            "JOIN_TIMEOUT_MS",
+            "CLUSTER_SECRET",
+            "PRESENCE_TTL_MS",
+        ];
+        let mode = match (&self.redis_url, self.redis_cluster) {
+            (None, _) => "standalone",
+            (Some(_), false) => "cluster",
+            (Some(_), true) => "cluster (Redis Cluster)",
+        };
+        let mut out = vec![("MODE", mode.to_owned())];
+        out.extend(
+            self.effective()
+                .into_iter()
+                .filter(|(name, _)| SHOWN.contains(name)),
+        );
+        out
     }
 }
 
@@ -1162,5 +1125,7 @@ mod tests {
         let s = Settings::from_pairs([("JOIN_TOKEN_SECRET", SECRET)]).unwrap();
         assert!(!format!("{s:?}").contains(SECRET));
         assert!(!s.summary().iter().any(|(_, v)| v.contains(SECRET)));
+        // Every name the summary selects exists (a misspelt one would vanish).
+        assert_eq!(s.summary().len(), 23);
     }
 }

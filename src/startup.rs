@@ -14,7 +14,6 @@ use actix_web::{web, App};
 use actix_web_prom::PrometheusMetricsBuilder;
 use anyhow::Context as _;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::bridge::{BridgeConfig, RedisBridge};
 use crate::cluster::redis::RedisLink;
@@ -130,7 +129,6 @@ impl Application {
             metrics.clone(),
             log.new(slog::o!("actor" => "registry")),
         );
-        let (draining, _) = watch::channel(false);
         let state = web::Data::new(AppState {
             tokens: JoinTokens::new(
                 &s.join_token_secret,
@@ -164,7 +162,7 @@ impl Application {
             health_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
             ready_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
             metrics_limit: KeyedLimiter::new(s.http_probe_limit_per_min),
-            draining,
+            draining: Default::default(),
             sessions: Default::default(),
             ready: Default::default(),
             started,
@@ -395,10 +393,9 @@ impl AppHandle {
     /// instance do not all reconnect to the others in the same instant.
     pub fn begin_drain(&self) {
         let state = &self.state;
-        if state.draining.send_replace(true) {
+        if state.draining.swap(true, Ordering::Relaxed) {
             return; // already draining
         }
-        state.ready.store(false, Ordering::Relaxed);
         state.metrics.draining.set(1);
         let sessions = state.sessions.drain();
         let window = state.settings.drain_window();

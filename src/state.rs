@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
-use tokio::sync::watch;
 
 use crate::cluster::Backend;
 use crate::limits::{ConnectionLimiter, KeyedLimiter};
@@ -27,9 +26,10 @@ pub(crate) struct AppState {
     pub health_limit: KeyedLimiter,
     pub ready_limit: KeyedLimiter,
     pub metrics_limit: KeyedLimiter,
-    /// Flips to true once, when graceful shutdown starts; every session
-    /// watches it and closes with 1012.
-    pub draining: watch::Sender<bool>,
+    /// Flips to true once, when graceful shutdown starts: upgrades and
+    /// joins are refused from then on (the sessions themselves are told
+    /// through the roster).
+    pub draining: AtomicBool,
     /// Every live session, for the drain.
     pub(crate) sessions: crate::session::Roster,
     /// True once the server accepts connections, false again while draining.
@@ -40,7 +40,7 @@ pub(crate) struct AppState {
 
 impl AppState {
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Serving, not draining, and in cluster mode the link to Redis has

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::ids::random_below;
+
 /// Tells a session that the instance is draining (close with 1012).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -85,49 +87,19 @@ pub(crate) async fn spread(
     window: Duration,
     min_batch: usize,
 ) {
-    let mut rng = Rng::seeded();
     for i in (1..sessions.len()).rev() {
-        sessions.swap(i, rng.below(i + 1));
+        sessions.swap(i, random_below(i + 1));
     }
     let size = batch_size(sessions.len(), window, min_batch);
     let start = tokio::time::Instant::now();
     for (i, batch) in sessions.chunks(size).enumerate() {
         if i > 0 {
             let jitter =
-                Duration::from_millis(rng.below(DRAIN_STEP.as_millis() as usize / 2) as u64);
+                Duration::from_millis(random_below(DRAIN_STEP.as_millis() as usize / 2) as u64);
             tokio::time::sleep_until(start + DRAIN_STEP * i as u32 + jitter).await;
         }
         for s in batch {
             s.do_send(Drain);
-        }
-    }
-}
-
-/// A small generator for the shuffle (splitmix64 seeded from the operating
-/// system): the order needs to be unpredictable to nobody, only uneven.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Self {
-        let mut seed = [0u8; 8];
-        let _ = getrandom::fill(&mut seed);
-        Rng(u64::from_le_bytes(seed))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
         }
     }
 }
@@ -155,12 +127,5 @@ mod tests {
     fn no_window_closes_everyone_at_once() {
         assert_eq!(batch_size(10_000, Duration::ZERO, 50), 10_000);
         assert_eq!(batch_size(0, Duration::ZERO, 1), 1);
-    }
-
-    #[test]
-    fn the_generator_stays_below_its_bound() {
-        let mut rng = Rng(7);
-        assert!((0..1000).all(|_| rng.below(10) < 10));
-        assert_eq!(rng.below(0), 0);
     }
 }
