@@ -55,7 +55,7 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 # A venv of its own: .ci/check-deploy.sh keeps other packages in
-# blindrelay-ci/venv, and each script rebuilds a venv whose package list is
+# blindrelay-ci/venv-deploy, and each script rebuilds a venv whose package list is
 # not its own.
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/blindrelay-ci
 venv=$cache/venv-k8s
