@@ -32,7 +32,8 @@ pub(crate) struct AppState {
     pub draining: AtomicBool,
     /// Every live session, for the drain.
     pub(crate) sessions: crate::session::Roster,
-    /// True once the server accepts connections, false again while draining.
+    /// True once the server accepts connections; false again when it stops
+    /// without a drain (a drain shows through `draining`).
     pub ready: AtomicBool,
     pub started: Instant,
     pub log: slog::Logger,
