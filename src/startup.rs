@@ -365,25 +365,42 @@ impl AppHandle {
     /// Test hook: makes the room's actor fail once, as a bug would.
     #[cfg(feature = "test-hooks")]
     pub async fn fail_room(&self, room: &str) -> bool {
-        self.inject(room, false).await
+        self.inject(room, None, false, false).await
     }
 
     /// Test hook: makes the room's actor fail in its next join.
     #[cfg(feature = "test-hooks")]
     pub async fn fail_next_join(&self, room: &str) -> bool {
-        self.inject(room, true).await
+        self.inject(room, None, true, false).await
+    }
+
+    /// Test hook: makes the room fail in the next `send` it handles.
+    #[cfg(feature = "test-hooks")]
+    pub async fn fail_next_send(&self, room: &str) -> bool {
+        self.inject(room, None, false, true).await
     }
 
     /// Test hook: blocks the room's thread for `d`, as a room that falls
     /// behind would be.
     #[cfg(feature = "test-hooks")]
     pub async fn stall_room(&self, room: &str, d: Duration) -> bool {
-        self.state.registry.fail_room(room, Some(d), false)
+        self.inject(room, Some(d), false, false).await
     }
 
     #[cfg(feature = "test-hooks")]
-    async fn inject(&self, room: &str, on_next_join: bool) -> bool {
-        self.state.registry.fail_room(room, None, on_next_join)
+    async fn inject(
+        &self,
+        room: &str,
+        stall: Option<Duration>,
+        on_next_join: bool,
+        on_next_send: bool,
+    ) -> bool {
+        let failure = crate::room::InjectFailure {
+            stall,
+            on_next_join,
+            on_next_send,
+        };
+        self.state.registry.fail_room(room, failure).await
     }
 
     /// Starts draining without stopping the server: `/ready` turns 503,

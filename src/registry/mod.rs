@@ -357,14 +357,18 @@ impl Registry {
 
     /// Test hook: makes the named room's next handler fail (or its thread
     /// stall for `stall`); false when the room has no actor.
+    /// Returns once the room has taken the hook in, except for a stall
+    /// (which returns at once, while the room's thread is blocked).
     #[cfg(feature = "test-hooks")]
-    pub fn fail_room(&self, room: &str, stall: Option<Duration>, on_next_join: bool) -> bool {
-        match self.lock().rooms.get(room).and_then(|e| e.addr.as_ref()) {
+    pub async fn fail_room(&self, room: &str, failure: crate::room::InjectFailure) -> bool {
+        let addr = self.lock().rooms.get(room).and_then(|e| e.addr.clone());
+        match addr {
+            Some(addr) if failure.stall.is_some() => {
+                addr.do_send(failure);
+                true
+            }
             Some(addr) => {
-                addr.do_send(crate::room::InjectFailure {
-                    stall,
-                    on_next_join,
-                });
+                let _ = addr.send(failure).await;
                 true
             }
             None => false,

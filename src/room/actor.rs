@@ -1,7 +1,9 @@
 //! The room actor.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,7 +71,7 @@ struct ClusterRoom {
 /// hash is enough (it is looked up for every message).
 type MemberMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
-pub struct Room {
+pub struct RoomState {
     id: Arc<str>,
     /// Members on this instance.
     members: MemberMap<MemberHandle>,
@@ -91,10 +93,12 @@ pub struct Room {
     failed: bool,
     #[cfg(feature = "test-hooks")]
     fail_next_join: bool,
+    #[cfg(feature = "test-hooks")]
+    fail_next_send: bool,
 }
 
-impl Room {
-    pub fn new(
+impl RoomState {
+    fn new(
         id: Arc<str>,
         config: RoomConfig,
         registry: Weak<Registry>,
@@ -113,7 +117,7 @@ impl Room {
             gone: MemberMap::default(),
             inbound: Arc::default(),
         });
-        Room {
+        RoomState {
             id,
             members: MemberMap::default(),
             remote: MemberMap::default(),
@@ -127,6 +131,8 @@ impl Room {
             failed: false,
             #[cfg(feature = "test-hooks")]
             fail_next_join: false,
+            #[cfg(feature = "test-hooks")]
+            fail_next_send: false,
         }
     }
 
@@ -217,7 +223,7 @@ impl Room {
         self.broadcast(&frame, None);
     }
 
-    fn after_leave(&mut self, ctx: &Context<Self>) {
+    fn after_leave(&mut self, ctx: &Context<Room>) {
         if self.members.is_empty() {
             if let Some(c) = &mut self.cluster {
                 if std::mem::take(&mut c.subscribed) {
@@ -253,7 +259,7 @@ impl Room {
         }
     }
 
-    fn join(&mut self, msg: Join, ctx: &Context<Self>) -> Result<Arc<str>, JoinRefused> {
+    fn join(&mut self, msg: Join, ctx: &Context<Room>) -> Result<Arc<str>, JoinRefused> {
         self.count_join();
         if self.members.len() >= self.config.max_members {
             self.after_leave(ctx);
@@ -291,14 +297,17 @@ impl Room {
 
     /// A join in cluster mode: subscribe the room's channel if this is the
     /// first local member, then take a place in the room's presence in
-    /// Redis (atomically against `MAX_ROOM_MEMBERS`). The room handles
-    /// nothing else meanwhile (`ctx.wait`), so that publications that arrive
-    /// during the join are applied after it, in order.
+    /// Redis (atomically against `MAX_ROOM_MEMBERS`). The room takes
+    /// nothing else from its mailbox meanwhile (`ctx.wait`), so that
+    /// publications that arrive during the join are applied after it, in
+    /// order. Sends of members on the room's thread still go through (they
+    /// come by direct call): the joining member is not a member yet, and
+    /// they reach the lane ahead of its announcement, as they were sent.
     fn join_cluster(
         &mut self,
         msg: Join,
-        ctx: &mut Context<Self>,
-    ) -> ActorResponse<Self, Result<Arc<str>, JoinRefused>> {
+        ctx: &mut Context<Room>,
+    ) -> ActorResponse<Room, Result<Arc<str>, JoinRefused>> {
         self.count_join();
         let Some(c) = &self.cluster else {
             return ActorResponse::reply(Err(JoinRefused::Unavailable));
@@ -337,20 +346,20 @@ impl Room {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let member = msg.member;
-        ctx.wait(
-            work.into_actor(self)
-                .map(move |(subscribed, res), room, ctx| {
-                    let r = room
-                        .guarded(ctx, |room, ctx| {
-                            room.finish_cluster_join(subscribed, res, member, ctx)
-                        })
-                        .unwrap_or(Err(JoinRefused::Unavailable));
-                    if r.is_err() {
-                        room.after_leave(ctx);
-                    }
-                    let _ = tx.send(r);
-                }),
-        );
+        ctx.wait(actix::fut::wrap_future::<_, Room>(work).map(
+            move |(subscribed, res), shell, ctx| {
+                let mut room = shell.state.borrow_mut();
+                let r = room
+                    .guarded(ctx, |room, ctx| {
+                        room.finish_cluster_join(subscribed, res, member, ctx)
+                    })
+                    .unwrap_or(Err(JoinRefused::Unavailable));
+                if r.is_err() {
+                    room.after_leave(ctx);
+                }
+                let _ = tx.send(r);
+            },
+        ));
         ActorResponse::r#async(actix::fut::wrap_future(async move {
             rx.await.unwrap_or(Err(JoinRefused::Unavailable))
         }))
@@ -361,7 +370,7 @@ impl Room {
         subscribed: bool,
         res: Result<(Arc<str>, Vec<Entry>), JoinRefused>,
         member: MemberHandle,
-        _: &mut Context<Self>,
+        _: &mut Context<Room>,
     ) -> Result<Arc<str>, JoinRefused> {
         let Some(c) = &mut self.cluster else {
             return Err(JoinRefused::Unavailable);
@@ -443,7 +452,7 @@ impl Room {
     /// some were dropped: its members are told they may have missed
     /// messages, and its view is read again from Redis. The room has caught
     /// up by now (this message was queued behind the backlog).
-    fn on_overflow(&mut self, ctx: &mut Context<Self>) {
+    fn on_overflow(&mut self, ctx: &mut Context<Room>) {
         let Some(c) = &mut self.cluster else { return };
         c.inbound.overflowed.store(false, Ordering::Release);
         if !c.subscribed || self.members.is_empty() {
@@ -463,7 +472,7 @@ impl Room {
         }
     }
 
-    fn on_link_up(&mut self, ctx: &mut Context<Self>) {
+    fn on_link_up(&mut self, ctx: &mut Context<Room>) {
         let Some(c) = &mut self.cluster else { return };
         if !c.subscribed || self.members.is_empty() {
             return;
@@ -487,7 +496,7 @@ impl Room {
     /// This instance's presence heartbeat in the room. It writes this
     /// instance's members again and reads everyone's, and the room's view
     /// of the other instances is reconciled with what Redis holds.
-    fn refresh(&mut self, ctx: &mut Context<Self>) {
+    fn refresh(&mut self, ctx: &mut Context<Room>) {
         let Some(c) = &mut self.cluster else { return };
         if !c.subscribed || self.members.is_empty() || c.refreshing || !c.link.is_up() {
             return;
@@ -496,13 +505,13 @@ impl Room {
         let (link, keys) = (c.link.clone(), c.keys.clone());
         let members: Vec<Arc<str>> = self.members.keys().cloned().collect();
         let sent = Instant::now();
+        let work = async move {
+            link.refresh(&keys, members.iter().map(|m| m.as_ref()))
+                .await
+        };
         ctx.spawn(
-            async move {
-                link.refresh(&keys, members.iter().map(|m| m.as_ref()))
-                    .await
-            }
-            .into_actor(self)
-            .map(move |res, room, _| {
+            actix::fut::wrap_future::<_, Room>(work).map(move |res, shell, _| {
+                let room = &mut *shell.state.borrow_mut();
                 if let Some(c) = &mut room.cluster {
                     c.refreshing = false;
                 }
@@ -565,6 +574,10 @@ impl Room {
     }
 
     fn publish(&mut self, msg: Publish) {
+        #[cfg(feature = "test-hooks")]
+        if std::mem::take(&mut self.fail_next_send) {
+            panic!("injected room failure");
+        }
         if !self.members.contains_key(&msg.from) {
             return; // left (or was dropped) while the frame was in flight
         }
@@ -620,7 +633,7 @@ impl Room {
         self.metrics.message_bytes_received.inc_by(data_len as u64);
     }
 
-    fn leave(&mut self, msg: Leave, ctx: &Context<Self>) {
+    fn leave(&mut self, msg: Leave, ctx: &Context<Room>) {
         if self.members.remove(&msg.member).is_some() {
             self.size.store(self.members.len(), Ordering::Relaxed);
             self.announce_left(&msg.member);
@@ -636,8 +649,8 @@ impl Room {
     /// for its supervisor to restart.
     fn guarded<R>(
         &mut self,
-        ctx: &mut Context<Self>,
-        f: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+        ctx: &mut Context<Room>,
+        f: impl FnOnce(&mut Self, &mut Context<Room>) -> R,
     ) -> Option<R> {
         match catch_unwind(AssertUnwindSafe(|| f(self, ctx))) {
             Ok(r) => Some(r),
@@ -651,30 +664,135 @@ impl Room {
     }
 }
 
+/// The room actor. Its state sits in a cell shared with [`LocalRoom`]s, so
+/// that a session on the room's own thread hands over a `send` by a direct
+/// call instead of through the mailbox. Through the mailbox, a message
+/// waited for the room's task to come round in the thread's run queue, then
+/// the recipients' tasks waited again: under load that first wait was a
+/// third of a message's time in the relay. Everything else (joins, leaves,
+/// the cluster, supervision) still goes through the actor.
+pub struct Room {
+    state: Rc<RefCell<RoomState>>,
+}
+
+impl Room {
+    pub fn new(
+        id: Arc<str>,
+        config: RoomConfig,
+        registry: Weak<Registry>,
+        size: Arc<AtomicUsize>,
+        metrics: Metrics,
+        log: slog::Logger,
+    ) -> Self {
+        Room {
+            state: Rc::new(RefCell::new(RoomState::new(
+                id, config, registry, size, metrics, log,
+            ))),
+        }
+    }
+}
+
+/// A room in direct reach: found on the session's own thread. Weak both
+/// ways: this table must not keep a retired room alive (its supervisor
+/// would restart it for as long as an address is held).
+struct Reachable {
+    addr: actix::WeakAddr<Room>,
+    state: std::rc::Weak<RefCell<RoomState>>,
+}
+
+thread_local! {
+    /// The rooms running on this thread, by id.
+    static ON_THIS_THREAD: RefCell<HashMap<Arc<str>, Reachable>> = RefCell::new(HashMap::new());
+}
+
+/// A session's direct line to its room, when both run on one thread.
+pub struct LocalRoom {
+    addr: Addr<Room>,
+    state: std::rc::Weak<RefCell<RoomState>>,
+}
+
+impl LocalRoom {
+    /// The room `addr` (named `id`), if it runs on the calling thread.
+    pub fn find(id: &str, addr: &Addr<Room>) -> Option<LocalRoom> {
+        ON_THIS_THREAD.with_borrow(|rooms| {
+            let r = rooms.get(id)?;
+            (r.addr.upgrade()? == *addr).then(|| LocalRoom {
+                addr: addr.clone(),
+                state: r.state.clone(),
+            })
+        })
+    }
+
+    /// Handles a `send` at once, as the room's mailbox would have. A room
+    /// that has stopped for good drops it, as its mailbox would. `Err`
+    /// hands the message back for the mailbox (the room is in a handler
+    /// further up this thread's stack, which cannot happen today: sessions
+    /// and rooms never call into each other).
+    pub fn publish(&self, msg: Publish) -> Result<(), Publish> {
+        let Some(state) = self.state.upgrade() else {
+            return Ok(());
+        };
+        let Ok(mut room) = state.try_borrow_mut() else {
+            return Err(msg);
+        };
+        if catch_unwind(AssertUnwindSafe(|| room.publish(msg))).is_err() {
+            // As `guarded`: this room alone fails, and its supervisor
+            // restarts it.
+            slog::error!(room.log, "room actor failed; restarting it"; "members" => room.members.len());
+            room.failed = true;
+            self.addr.do_send(Fail);
+        }
+        Ok(())
+    }
+}
+
+/// Stops a room that failed in a direct call, for its supervisor to restart.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Fail;
+
 impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.metrics.rooms_active.inc();
-        if let Some(c) = &self.cluster {
-            ctx.run_interval(c.link.timing.heartbeat, |room, ctx| room.refresh(ctx));
+        let room = self.state.borrow();
+        room.metrics.rooms_active.inc();
+        if let Some(c) = &room.cluster {
+            ctx.run_interval(c.link.timing.heartbeat, |shell, ctx| {
+                shell.state.borrow_mut().refresh(ctx)
+            });
         }
+        let reach = Reachable {
+            addr: ctx.address().downgrade(),
+            state: Rc::downgrade(&self.state),
+        };
+        ON_THIS_THREAD.with_borrow_mut(|rooms| rooms.insert(room.id.clone(), reach));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.metrics.rooms_active.dec();
+        let room = self.state.borrow();
+        room.metrics.rooms_active.dec();
+        let me = Rc::downgrade(&self.state);
+        // `try_`: a thread that is ending may have dropped the table first.
+        let _ = ON_THIS_THREAD.try_with(|rooms| {
+            let mut rooms = rooms.borrow_mut();
+            if rooms.get(&room.id).is_some_and(|r| r.state.ptr_eq(&me)) {
+                rooms.remove(&room.id);
+            }
+        });
     }
 }
 
 impl Supervised for Room {
     fn restarting(&mut self, _: &mut Self::Context) {
+        let room = &mut *self.state.borrow_mut();
         // A refresh in flight was dropped with the old context.
-        if let Some(c) = &mut self.cluster {
+        if let Some(c) = &mut room.cluster {
             c.refreshing = false;
         }
-        if std::mem::take(&mut self.failed) {
-            self.metrics.room_restarts.inc();
-            slog::warn!(self.log, "room actor restarted"; "members" => self.members.len());
+        if std::mem::take(&mut room.failed) {
+            room.metrics.room_restarts.inc();
+            slog::warn!(room.log, "room actor restarted"; "members" => room.members.len());
         }
     }
 }
@@ -683,20 +801,21 @@ impl Handler<Join> for Room {
     type Result = ActorResponse<Self, Result<Arc<str>, JoinRefused>>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        if self.cluster.is_some() {
-            return match self.guarded(ctx, |room, ctx| room.join_cluster(msg, ctx)) {
+        let room = &mut *self.state.borrow_mut();
+        if room.cluster.is_some() {
+            return match room.guarded(ctx, |room, ctx| room.join_cluster(msg, ctx)) {
                 Some(r) => r,
                 None => {
-                    self.after_leave(ctx);
+                    room.after_leave(ctx);
                     ActorResponse::reply(Err(JoinRefused::Unavailable))
                 }
             };
         }
         ActorResponse::reply(
-            self.guarded(ctx, |room, ctx| room.join(msg, ctx))
+            room.guarded(ctx, |room, ctx| room.join(msg, ctx))
                 .unwrap_or_else(|| {
                     // A room whose only join failed must still be retired.
-                    self.after_leave(ctx);
+                    room.after_leave(ctx);
                     Err(JoinRefused::Unavailable)
                 }),
         )
@@ -707,7 +826,8 @@ impl Handler<FromBridge> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: FromBridge, ctx: &mut Self::Context) {
-        self.guarded(ctx, |room, ctx| match msg {
+        let room = &mut *self.state.borrow_mut();
+        room.guarded(ctx, |room, ctx| match msg {
             FromBridge::Event(event, len) => {
                 if let Some(c) = &room.cluster {
                     c.inbound.bytes.fetch_sub(len, Ordering::AcqRel);
@@ -727,7 +847,8 @@ impl Handler<Publish> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        self.guarded(ctx, |room, _| room.publish(msg));
+        let room = &mut *self.state.borrow_mut();
+        room.guarded(ctx, |room, _| room.publish(msg));
     }
 }
 
@@ -735,7 +856,8 @@ impl Handler<Leave> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
-        self.guarded(ctx, |room, ctx| room.leave(msg, ctx));
+        let room = &mut *self.state.borrow_mut();
+        room.guarded(ctx, |room, ctx| room.leave(msg, ctx));
     }
 }
 
@@ -743,6 +865,14 @@ impl Handler<Flush> for Room {
     type Result = ();
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) {}
+}
+
+impl Handler<Fail> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
 }
 
 #[cfg(feature = "test-hooks")]
@@ -754,10 +884,13 @@ impl Handler<InjectFailure> for Room {
             std::thread::sleep(d);
             return;
         }
+        let room = &mut *self.state.borrow_mut();
         if msg.on_next_join {
-            self.fail_next_join = true;
+            room.fail_next_join = true;
+        } else if msg.on_next_send {
+            room.fail_next_send = true;
         } else {
-            self.guarded(ctx, |_, _| panic!("injected room failure"));
+            room.guarded(ctx, |_, _| panic!("injected room failure"));
         }
     }
 }

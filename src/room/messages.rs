@@ -156,4 +156,6 @@ pub struct InjectFailure {
     pub stall: Option<std::time::Duration>,
     /// Fail in the next `Join` instead of right away.
     pub on_next_join: bool,
+    /// Fail in the next `send` instead of right away.
+    pub on_next_send: bool,
 }

@@ -6,5 +6,5 @@
 mod actor;
 pub mod messages;
 
-pub use actor::{ClusterConfig, Room, RoomConfig};
+pub use actor::{ClusterConfig, LocalRoom, Room, RoomConfig};
 pub use messages::*;

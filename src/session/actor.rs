@@ -25,7 +25,7 @@ use crate::metrics::{CLIENT_CLOSED, PING_TIMEOUT};
 use crate::protocol::{server, ClientFrame, Close, ErrorCode, SendFrame};
 use crate::registry::Joined;
 use crate::replay::Burn;
-use crate::room::{CloseMember, Inbox, JoinRefused, Leave, MemberHandle, Publish, Room};
+use crate::room::{CloseMember, Inbox, JoinRefused, Leave, LocalRoom, MemberHandle, Publish, Room};
 use crate::state::AppState;
 use crate::ws::{Decoder, Message, WsError};
 
@@ -57,6 +57,10 @@ enum Phase {
     Joining,
     Joined {
         room: Addr<Room>,
+        /// The same room, when it runs on this session's thread: `send`s
+        /// go to it by a direct call. Decided once, at the join, so that a
+        /// member's messages all take one path and stay in order.
+        local: Option<LocalRoom>,
         member: Arc<str>,
         /// The room's local member count, lowered at once on leaving.
         size: Arc<AtomicUsize>,
@@ -366,6 +370,7 @@ impl WsSession {
             member,
             size,
             load,
+            ..
         } = std::mem::replace(&mut self.phase, Phase::Done)
         {
             let _ = size.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -433,10 +438,17 @@ impl WsSession {
             ClientFrame::Join { token } => self.on_join(ctx, &token),
             ClientFrame::Send(send) => {
                 if let Some(mut publish) = self.on_send(ctx, &text, send) {
-                    if let Phase::Joined { room, .. } = &self.phase {
+                    if let Phase::Joined { room, local, .. } = &self.phase {
                         // The frame itself travels to the room: moved, not copied.
                         publish.text = text;
-                        room.do_send(publish);
+                        match local {
+                            Some(local) => {
+                                if let Err(publish) = local.publish(publish) {
+                                    room.do_send(publish);
+                                }
+                            }
+                            None => room.do_send(publish),
+                        }
                     }
                 }
             }
@@ -500,6 +512,7 @@ impl WsSession {
             pending: self.outbound.pending.clone(),
         };
         let home = (std::thread::current().id(), Arbiter::current());
+        let id = room.clone();
         let join = async move {
             match app.registry.join(room, member, home).await {
                 Ok(joined) => Ok(joined),
@@ -508,7 +521,7 @@ impl WsSession {
                 Err(JoinRefused::Unavailable) => Err(Close::Internal),
             }
         };
-        ctx.wait(join.into_actor(self).map(|res, act, ctx| match res {
+        ctx.wait(join.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Joined {
                 room,
                 member,
@@ -517,6 +530,7 @@ impl WsSession {
             }) => {
                 if matches!(act.phase, Phase::Joining) {
                     act.phase = Phase::Joined {
+                        local: LocalRoom::find(&id, &room),
                         room,
                         member,
                         size,

@@ -35,6 +35,32 @@ async fn a_failed_room_is_restarted_with_its_members_and_no_other_room_notices()
 }
 
 #[actix_web::test]
+async fn a_room_that_fails_on_a_send_from_its_own_thread_is_restarted_with_its_members() {
+    // Members of a small room run on the room's thread and hand their sends
+    // to it by a direct call, not through its mailbox: a failure there is
+    // still this room's alone, and its supervisor restarts it.
+    let app = spawn_app(&[]).await;
+    let (room, mut m) = app.room_of(2).await;
+    assert!(app.handle.fail_next_send(&room).await);
+    m[0].0
+        .send_json(json!({"type": "send", "data": "lost with the failure", "id": "1"}))
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while app.metric("blindrelay_room_restarts_total").await != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "room never restarted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m[0].0
+        .send_json(json!({"type": "send", "data": "after restart", "id": "2"}))
+        .await;
+    assert_eq!(m[0].0.recv_json().await, json!({"type": "ack", "id": "2"}));
+    assert_eq!(m[1].0.recv_json().await["data"], "after restart");
+    // no member_left/joined went out for the restart
+    m[1].0.expect_silence(Duration::from_millis(100)).await;
+    assert!(app.logs.text().contains("room actor restarted"));
+}
+
+#[actix_web::test]
 async fn a_room_is_retired_when_its_last_member_leaves() {
     let app = spawn_app(&[]).await;
     let (room, m) = app.room_of(2).await;
