@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::metrics::Metrics;
-use crate::room::{Flush, Join, JoinRefused, MemberHandle, Room, RoomConfig};
+use crate::room::{Flush, Join, JoinRefused, LocalRoom, MemberHandle, Room, RoomConfig};
 
 /// Registry settings.
 #[derive(Clone)]
@@ -213,7 +213,16 @@ impl Registry {
         if let Some(l) = &load {
             l.fetch_add(1, Ordering::Relaxed);
         }
-        let joined = addr.send(Join { member }).await;
+        // A room on this thread admits the member by direct call, without
+        // a round through the room's task and back (see LocalRoom).
+        let direct = match LocalRoom::find(&room, &addr) {
+            Some(local) => local.join(member),
+            None => Err(member),
+        };
+        let joined = match direct {
+            Ok(joined) => Ok(joined),
+            Err(member) => addr.send(Join { member }).await,
+        };
         if !matches!(joined, Ok(Ok(_))) {
             if let Some(l) = &load {
                 l.fetch_sub(1, Ordering::Relaxed);
@@ -283,7 +292,11 @@ impl Registry {
         let metrics = self.metrics.clone();
         let log = self.log.new(slog::o!("actor" => "room"));
         let me = self.me.clone();
-        let make = move |_: &mut Context<Room>| Room::new(id, config, me, size, metrics, log);
+        let make = move |ctx: &mut Context<Room>| {
+            let room = Room::new(id, config, me, size, metrics, log);
+            room.reachable(ctx);
+            room
+        };
         // `home` is the calling session's own thread: start there directly
         // rather than through the arbiter's queue.
         let addr = match worker {

@@ -676,6 +676,18 @@ pub struct Room {
 }
 
 impl Room {
+    /// Makes the room reachable by direct call from its own thread from
+    /// the moment it exists (its first join usually comes from there, before
+    /// the actor has run at all); `started` does it again after a restart.
+    pub fn reachable(&self, ctx: &Context<Room>) {
+        let id = self.state.borrow().id.clone();
+        let reach = Reachable {
+            addr: ctx.address().downgrade(),
+            state: Rc::downgrade(&self.state),
+        };
+        ON_THIS_THREAD.with_borrow_mut(|rooms| rooms.insert(id, reach));
+    }
+
     pub fn new(
         id: Arc<str>,
         config: RoomConfig,
@@ -746,7 +758,45 @@ impl LocalRoom {
     }
 }
 
-/// Stops a room that failed in a direct call, for its supervisor to restart.
+impl LocalRoom {
+    /// Admits a member at once, as the room's `Join` handler would, when
+    /// that needs nothing from the actor: a standalone room with a free
+    /// place. Anything else (cluster mode, where the join waits for Redis;
+    /// a full room, which may have to be retired; a room that has stopped)
+    /// hands the member back for the mailbox.
+    pub fn join(
+        &self,
+        member: MemberHandle,
+    ) -> Result<Result<Arc<str>, JoinRefused>, MemberHandle> {
+        let Some(state) = self.state.upgrade() else {
+            return Err(member);
+        };
+        let Ok(mut room) = state.try_borrow_mut() else {
+            return Err(member);
+        };
+        if room.cluster.is_some() || room.members.len() >= room.config.max_members {
+            return Err(member);
+        }
+        match catch_unwind(AssertUnwindSafe(|| {
+            room.count_join();
+            let id = room.fresh_member_id();
+            room.admit(id.clone(), member);
+            id
+        })) {
+            Ok(id) => Ok(Ok(id)),
+            Err(_) => {
+                slog::error!(room.log, "room actor failed; restarting it"; "members" => room.members.len());
+                room.failed = true;
+                self.addr.do_send(Fail);
+                Ok(Err(JoinRefused::Unavailable))
+            }
+        }
+    }
+}
+
+/// Stops a room that failed in a direct call, for its supervisor to
+/// restart; a room left empty by the failure (its only join failed) is
+/// reported empty, as after a failed join in the mailbox.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Fail;
@@ -762,11 +812,8 @@ impl Actor for Room {
                 shell.state.borrow_mut().refresh(ctx)
             });
         }
-        let reach = Reachable {
-            addr: ctx.address().downgrade(),
-            state: Rc::downgrade(&self.state),
-        };
-        ON_THIS_THREAD.with_borrow_mut(|rooms| rooms.insert(room.id.clone(), reach));
+        drop(room);
+        self.reachable(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -872,6 +919,7 @@ impl Handler<Fail> for Room {
 
     fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
         ctx.stop();
+        self.state.borrow_mut().after_leave(ctx);
     }
 }
 
