@@ -756,9 +756,7 @@ impl LocalRoom {
         }
         Ok(())
     }
-}
 
-impl LocalRoom {
     /// Admits a member at once, as the room's `Join` handler would, when
     /// that needs nothing from the actor: a standalone room with a free
     /// place. Anything else (cluster mode, where the join waits for Redis;
