@@ -98,44 +98,6 @@ pub struct RoomState {
 }
 
 impl RoomState {
-    fn new(
-        id: Arc<str>,
-        config: RoomConfig,
-        registry: Weak<Registry>,
-        size: Arc<AtomicUsize>,
-        metrics: Metrics,
-        log: slog::Logger,
-    ) -> Self {
-        let cluster = config.cluster.as_ref().map(|c| ClusterRoom {
-            keys: c.link.keys.room(&id),
-            link: c.link.clone(),
-            bridge: c.bridge.clone(),
-            subscribed: false,
-            degraded: false,
-            grace_until: None,
-            refreshing: false,
-            gone: MemberMap::default(),
-            inbound: Arc::default(),
-        });
-        RoomState {
-            id,
-            members: MemberMap::default(),
-            remote: MemberMap::default(),
-            cluster,
-            config,
-            registry,
-            size,
-            metrics,
-            log,
-            joins_seen: 0,
-            failed: false,
-            #[cfg(feature = "test-hooks")]
-            fail_next_join: false,
-            #[cfg(feature = "test-hooks")]
-            fail_next_send: false,
-        }
-    }
-
     /// Hands `frame` to one member unless that would put more than the
     /// slow-consumer threshold in its queue; false means the member must go.
     fn offer(&self, member: &MemberHandle, frame: &Bytes) -> bool {
@@ -655,12 +617,18 @@ impl RoomState {
         match catch_unwind(AssertUnwindSafe(|| f(self, ctx))) {
             Ok(r) => Some(r),
             Err(_) => {
-                slog::error!(self.log, "room actor failed; restarting it"; "members" => self.members.len());
-                self.failed = true;
+                self.mark_failed();
                 ctx.stop();
                 None
             }
         }
+    }
+
+    /// A handler or a direct call panicked: logged (no content), and the
+    /// restart that follows is counted.
+    fn mark_failed(&mut self) {
+        slog::error!(self.log, "room actor failed; restarting it"; "members" => self.members.len());
+        self.failed = true;
     }
 }
 
@@ -696,10 +664,36 @@ impl Room {
         metrics: Metrics,
         log: slog::Logger,
     ) -> Self {
+        let cluster = config.cluster.as_ref().map(|c| ClusterRoom {
+            keys: c.link.keys.room(&id),
+            link: c.link.clone(),
+            bridge: c.bridge.clone(),
+            subscribed: false,
+            degraded: false,
+            grace_until: None,
+            refreshing: false,
+            gone: MemberMap::default(),
+            inbound: Arc::default(),
+        });
+        let state = RoomState {
+            id,
+            members: MemberMap::default(),
+            remote: MemberMap::default(),
+            cluster,
+            config,
+            registry,
+            size,
+            metrics,
+            log,
+            joins_seen: 0,
+            failed: false,
+            #[cfg(feature = "test-hooks")]
+            fail_next_join: false,
+            #[cfg(feature = "test-hooks")]
+            fail_next_send: false,
+        };
         Room {
-            state: Rc::new(RefCell::new(RoomState::new(
-                id, config, registry, size, metrics, log,
-            ))),
+            state: Rc::new(RefCell::new(state)),
         }
     }
 }
@@ -750,8 +744,7 @@ impl LocalRoom {
         if catch_unwind(AssertUnwindSafe(|| room.publish(msg))).is_err() {
             // As `guarded`: this room alone fails, and its supervisor
             // restarts it.
-            slog::error!(room.log, "room actor failed; restarting it"; "members" => room.members.len());
-            room.failed = true;
+            room.mark_failed();
             self.addr.do_send(Fail);
         }
         Ok(())
@@ -783,8 +776,7 @@ impl LocalRoom {
         })) {
             Ok(id) => Ok(Ok(id)),
             Err(_) => {
-                slog::error!(room.log, "room actor failed; restarting it"; "members" => room.members.len());
-                room.failed = true;
+                room.mark_failed();
                 self.addr.do_send(Fail);
                 Ok(Err(JoinRefused::Unavailable))
             }
