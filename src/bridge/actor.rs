@@ -9,13 +9,13 @@ use actix::prelude::*;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use redis::aio::PubSubSink;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::*;
 use crate::cluster::conn::{connection_info, node_urls, Conn};
+use crate::cluster::pubsub::{self, Publication};
 use crate::cluster::redis::{run_lane, LinkLost, RedisLink};
 use crate::cluster::wire;
 
@@ -45,12 +45,6 @@ enum SubOp {
     Ping,
 }
 
-/// One publication: its channel and payload.
-struct Publication {
-    channel: String,
-    payload: Bytes,
-}
-
 /// An item of one connection's subscription stream; `None` when that
 /// connection has ended.
 #[derive(Message)]
@@ -60,32 +54,32 @@ struct Incoming {
     msg: Option<Publication>,
 }
 
-/// Where SUBSCRIBE goes: the subscription connection of one Redis, or
-/// (sharded, `SSUBSCRIBE`) a cluster connection whose messages arrive as
-/// RESP3 pushes.
+/// Where SUBSCRIBE goes: the subscription connection of one Redis (our own
+/// RESP2 reader, see [`pubsub`]), or (sharded, `SSUBSCRIBE`) a cluster
+/// connection whose messages arrive as RESP3 pushes.
 enum Subscriber {
-    Single(PubSubSink),
+    Single(pubsub::Sink),
     Cluster(ClusterConnection),
 }
 
 impl Subscriber {
     async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
         match self {
-            Subscriber::Single(s) => s.subscribe(channels).await,
+            Subscriber::Single(s) => s.subscribe(channels).await.map_err(Into::into),
             Subscriber::Cluster(c) => c.ssubscribe(channels).await,
         }
     }
 
     async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
-            Subscriber::Single(s) => s.unsubscribe(channel).await,
+            Subscriber::Single(s) => s.unsubscribe(channel).await.map_err(Into::into),
             Subscriber::Cluster(c) => c.sunsubscribe(channel).await,
         }
     }
 
     async fn ping(&mut self) -> redis::RedisResult<()> {
         match self {
-            Subscriber::Single(s) => s.ping::<redis::Value>().await.map(|_| ()),
+            Subscriber::Single(s) => s.ping().await.map_err(Into::into),
             Subscriber::Cluster(c) => {
                 let cmd = redis::cmd("PING");
                 cmd.query_async::<redis::Value>(c).await.map(|_| ())
@@ -333,21 +327,11 @@ async fn connect_single(link: &RedisLink, config: &BridgeConfig) -> Result<Conne
         info.arg("persistence");
         check_ready(&mut conn, info, "loading:0", "Redis is loading its dataset").await?;
     }
-    let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-    let (sink, stream) = pubsub.split();
     // Own publications (Redis sends them back to the subscriber) are
-    // dropped here, before any copy or actor message.
-    let own = link.node;
-    let stream = stream
-        .filter_map(move |m| {
-            let payload = m.get_payload_bytes();
-            let theirs = wire::origin(payload).is_some_and(|o| o != own);
-            futures_util::future::ready(theirs.then(|| Publication {
-                channel: m.get_channel_name().to_owned(),
-                payload: Bytes::copy_from_slice(payload),
-            }))
-        })
-        .boxed();
+    // dropped by the reader, before any copy or actor message.
+    let (sink, stream) = pubsub::connect(client.get_connection_info(), link.node)
+        .await
+        .map_err(|e| format!("subscription connection: {e}"))?;
     Ok(Connected {
         subscriber: Subscriber::Single(sink),
         stream,

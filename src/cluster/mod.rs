@@ -10,6 +10,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod keys;
+pub(crate) mod pubsub;
 pub(crate) mod redis;
 pub(crate) mod scripts;
 pub(crate) mod wire;

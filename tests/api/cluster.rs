@@ -38,8 +38,12 @@ const QUIET: Duration = Duration::from_millis(300);
 /// instance still connecting to Redis refuses joins, and a load balancer
 /// would not send it any).
 pub async fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> TestApp {
-    let url = redis.url();
-    let mut pairs = vec![("REDIS_URL", url.as_str())];
+    instance_at(&redis.url(), extra).await
+}
+
+/// As [`instance`], with Redis at `url` (credentials, for one).
+pub async fn instance_at(url: &str, extra: &[(&str, &str)]) -> TestApp {
+    let mut pairs = vec![("REDIS_URL", url)];
     pairs.extend_from_slice(CLUSTER);
     pairs.extend_from_slice(extra);
     let app = spawn_app(&pairs).await;
@@ -294,6 +298,36 @@ async fn a_broadcast_reaches_every_other_member_on_every_instance_exactly_once()
     for (c, _) in m.iter_mut() {
         c.expect_silence(QUIET).await;
     }
+}
+
+#[actix_web::test]
+async fn instances_authenticate_to_a_redis_that_requires_a_password() {
+    let redis = RedisServer::start().await;
+    redis_cmd(
+        &redis,
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("s3cret-pw"),
+    )
+    .await;
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    // With the user named (Redis 6 ACL form) and with the password alone.
+    let a = instance_at(&format!("redis://default:s3cret-pw@127.0.0.1:{port}"), &[]).await;
+    let b = instance_at(&format!("redis://:s3cret-pw@127.0.0.1:{port}"), &[]).await;
+    let (_, m) = room_across(&[a.port, b.port]).await;
+    let [(mut a1, a1_id), (mut b1, b1_id)] = members(m);
+    let data = "over an authenticated link";
+    a1.send_json(json!({"type": "send", "data": data})).await;
+    assert_eq!(
+        b1.recv_json().await,
+        json!({"type": "message", "from": a1_id, "data": data})
+    );
+    b1.send_json(json!({"type": "send", "data": data})).await;
+    assert_eq!(
+        a1.recv_json().await,
+        json!({"type": "message", "from": b1_id, "data": data})
+    );
 }
 
 #[actix_web::test]
