@@ -459,11 +459,19 @@ async fn run_subscriptions(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         };
+        let failed = result.is_err();
         if let Err(e) = &result {
             link.fail(format!("subscription: {e}"));
         }
         if let Some(reply) = reply {
             let _ = reply.send(result);
+        }
+        if failed {
+            // The link is lost and a new connection will get its own task;
+            // this one must not fail that link too with a late error.
+            // Operations still queued see the channel close and answer
+            // "down".
+            return;
         }
     }
 }

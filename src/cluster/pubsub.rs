@@ -32,7 +32,8 @@ use super::wire;
 /// longer is not Redis speaking.
 const MAX_BULK: usize = 512 * 1024 * 1024;
 /// Read-buffer growth step; a publication larger than this grows the
-/// buffer to its size, once.
+/// buffer (by doubling) until it fits, and the connection keeps that
+/// capacity.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// One publication from another instance: its channel and payload.
@@ -248,16 +249,29 @@ pub(crate) struct Sink {
     owed: usize,
     /// The replies each command still owes, oldest first.
     queue: VecDeque<usize>,
+    /// A write was cut off (its caller timed out): the connection holds
+    /// half a command and cannot be used any more.
+    broken: bool,
 }
 
 impl Sink {
     async fn command(&mut self, args: &[&[u8]], answers: usize, want: Reply) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier command was cut off mid-write",
+            ));
+        }
         while self.owed > 0 {
             self.take_one().await?;
         }
         let mut out = Vec::with_capacity(64);
         encode(&mut out, args.iter().copied());
+        // `write_all` is not cancel-safe: if the caller's timeout drops it
+        // midway, the flag stays set.
+        self.broken = true;
         self.write.write_all(&out).await?;
+        self.broken = false;
         self.queue.push_back(answers);
         self.owed = answers;
         let mut error = None;
@@ -298,6 +312,10 @@ impl Sink {
     }
 
     pub async fn subscribe(&mut self, channels: &[String]) -> io::Result<()> {
+        if channels.is_empty() {
+            // Redis would answer an error, and no confirmation.
+            return Ok(());
+        }
         let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
         args.extend(channels.iter().map(|c| c.as_bytes()));
         self.command(&args, channels.len(), Reply::Subscribed).await
@@ -315,6 +333,25 @@ impl Sink {
     pub async fn ping(&mut self) -> io::Result<()> {
         self.command(&[b"PING"], 1, Reply::Pong).await
     }
+}
+
+/// The two sides of one connection.
+fn over(read: Reader, write: Writer, own: NodeTag) -> (Sink, Incoming) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = Sink {
+        write,
+        replies: rx,
+        owed: 0,
+        queue: VecDeque::new(),
+        broken: false,
+    };
+    let incoming = Incoming {
+        read,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        replies: tx,
+        own,
+    };
+    (sink, incoming)
 }
 
 /// Opens the subscription connection described by `info` (TCP with
@@ -348,19 +385,7 @@ pub(crate) async fn connect(
             ))
         }
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut sink = Sink {
-        write,
-        replies: rx,
-        owed: 0,
-        queue: VecDeque::new(),
-    };
-    let mut incoming = Incoming {
-        read,
-        buf: BytesMut::with_capacity(READ_CHUNK),
-        replies: tx,
-        own,
-    };
+    let (mut sink, mut incoming) = over(read, write, own);
     let settings = info.redis_settings();
     if let Some(password) = settings.password() {
         let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -370,10 +395,15 @@ pub(crate) async fn connect(
         tokio::select! {
             r = sink.command(&args, 1, Reply::Ok) => r?,
             _ = incoming.next() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "Redis closed the connection before answering AUTH",
-                ));
+                // Redis may answer with an error and close at once (too many
+                // clients): that error is the reason to report.
+                return Err(match sink.replies.try_recv() {
+                    Ok(Reply::Error(e)) => io::Error::other(e),
+                    _ => io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "Redis closed the connection before answering AUTH",
+                    ),
+                });
             }
         }
     }
@@ -470,6 +500,91 @@ mod tests {
         ] {
             assert!(parse(raw).is_err(), "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    /// A sink and its reader over an in-memory pipe, the reader running;
+    /// returns the Redis end and the publications read.
+    fn in_memory(
+        own: NodeTag,
+    ) -> (
+        Sink,
+        tokio::io::DuplexStream,
+        mpsc::UnboundedReceiver<Publication>,
+    ) {
+        let (ours, redis) = tokio::io::duplex(64 * 1024);
+        let (read, write) = tokio::io::split(ours);
+        let (sink, mut incoming) = over(Box::new(read), Box::new(write), own);
+        let (tx, rx) = mpsc::unbounded_channel();
+        actix_rt::spawn(async move {
+            while let Some(p) = incoming.next().await {
+                let _ = tx.send(p);
+            }
+        });
+        (sink, redis, rx)
+    }
+
+    #[actix_rt::test]
+    async fn a_late_answer_to_a_command_given_up_on_is_not_taken_for_the_next_one() {
+        let (mut sink, mut redis, _) = in_memory(NodeTag([1; 16]));
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), sink.ping()).await;
+        assert!(gave_up.is_err());
+        redis.write_all(b"+PONG\r\n").await.unwrap();
+        redis
+            .write_all(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n:0\r\n")
+            .await
+            .unwrap();
+        sink.unsubscribe("c").await.unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn an_error_answers_a_whole_subscribe_and_the_next_command_gets_its_own_answer() {
+        let (mut sink, mut redis, _) = in_memory(NodeTag([1; 16]));
+        redis.write_all(b"-ERR busy\r\n").await.unwrap();
+        let channels = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let refused = tokio::time::timeout(Duration::from_secs(2), sink.subscribe(&channels))
+            .await
+            .expect("the error settles the whole SUBSCRIBE")
+            .unwrap_err();
+        assert!(refused.to_string().contains("ERR busy"), "{refused}");
+        redis.write_all(b"+PONG\r\n").await.unwrap();
+        sink.ping().await.unwrap();
+        // Nothing to subscribe: nothing asked, nothing owed.
+        sink.subscribe(&[]).await.unwrap();
+        redis.write_all(b"+PONG\r\n").await.unwrap();
+        sink.ping().await.unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn an_own_echo_is_skipped_and_another_instance_s_publication_is_kept_in_order() {
+        let (own, other) = (NodeTag([1; 16]), NodeTag([2; 16]));
+        let (_sink, mut redis, mut got) = in_memory(own);
+        let payload = |from: NodeTag, text: &str| {
+            let mut p = wire::broadcast_header(from);
+            p.extend_from_slice(text.as_bytes());
+            p.to_vec()
+        };
+        for (from, text) in [
+            (own, "mine"),
+            (other, "first"),
+            (own, "mine again"),
+            (other, "second"),
+        ] {
+            redis
+                .write_all(&message("br:{t}:c", &payload(from, text)))
+                .await
+                .unwrap();
+        }
+        for want in ["first", "second"] {
+            let p = got.recv().await.unwrap();
+            assert_eq!(p.channel, "br:{t}:c");
+            assert!(p.payload.ends_with(want.as_bytes()));
+            assert_eq!(wire::origin(&p.payload), Some(other));
+        }
+        drop(redis);
+        assert!(
+            got.recv().await.is_none(),
+            "the stream ends with the connection"
+        );
     }
 
     #[test]
