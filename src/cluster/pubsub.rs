@@ -32,8 +32,7 @@ use super::wire;
 /// longer is not Redis speaking.
 const MAX_BULK: usize = 512 * 1024 * 1024;
 /// Read-buffer growth step; a publication larger than this grows the
-/// buffer (by doubling) until it fits, and the connection keeps that
-/// capacity.
+/// buffer (by doubling) until it fits, and it shrinks back once read.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// One publication from another instance: its channel and payload.
@@ -228,7 +227,12 @@ impl Incoming {
                     return publication;
                 }
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK / 2 {
+                // A large publication has passed: its buffer goes with it.
+                let mut fresh = BytesMut::with_capacity(READ_CHUNK);
+                fresh.extend_from_slice(&self.buf);
+                self.buf = fresh;
+            } else if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
             match self.read.read_buf(&mut self.buf).await {
@@ -585,6 +589,37 @@ mod tests {
             got.recv().await.is_none(),
             "the stream ends with the connection"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_large_publication_is_read_whole_and_its_buffer_is_given_back() {
+        let (own, other) = (NodeTag([1; 16]), NodeTag([2; 16]));
+        let (ours, mut redis) = tokio::io::duplex(64 * 1024);
+        let (read, write) = tokio::io::split(ours);
+        let (_sink, mut incoming) = over(Box::new(read), Box::new(write), own);
+        let mut big = wire::broadcast_header(other);
+        big.extend_from_slice(&vec![b'x'; 3 * 1024 * 1024]);
+        let mut small = wire::broadcast_header(other);
+        small.extend_from_slice(b"small");
+        let big_len = big.len();
+        let writer = actix_rt::spawn(async move {
+            redis.write_all(&message("c", &big)).await.unwrap();
+            redis.write_all(&message("c", &small)).await.unwrap();
+            redis
+        });
+        let first = incoming.next().await.unwrap();
+        assert_eq!(first.payload.len(), big_len);
+        let second = incoming.next().await.unwrap();
+        assert!(second.payload.ends_with(b"small"));
+        let mut redis = writer.await.unwrap();
+        redis
+            .write_all(&message("c", &second.payload))
+            .await
+            .unwrap();
+        let third = incoming.next().await.unwrap();
+        assert_eq!(third.payload, second.payload);
+        let capacity = incoming.buf.capacity();
+        assert!(capacity <= READ_CHUNK, "{capacity}");
     }
 
     #[test]
