@@ -163,8 +163,8 @@ pub(crate) struct RedisLink {
     pub sharded: bool,
     pub scripts: Scripts,
     pub metrics: Metrics,
-    lane_tx: mpsc::UnboundedSender<LaneOp>,
-    lane_rx: Mutex<Option<mpsc::UnboundedReceiver<LaneOp>>>,
+    lane_tx: LaneSender,
+    lane_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<LaneOp>>>>,
     lane_conn: Mutex<Option<Conn>>,
     /// Bytes queued in the lane and not yet written to Redis.
     lane_bytes: AtomicUsize,
@@ -317,19 +317,20 @@ impl RedisLink {
         } else {
             String::new()
         };
-        if self
-            .lane_tx
-            .send(LaneOp {
-                cmd,
-                bytes,
-                publish,
-                group,
-                reply,
-            })
-            .is_err()
-        {
-            self.lane_ops.fetch_sub(1, Ordering::AcqRel);
-            self.lane_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let op = LaneOp {
+            cmd,
+            bytes,
+            publish,
+            group,
+            reply,
+        };
+        if actix_rt::Arbiter::try_current().is_some() {
+            gather(&self.lane_tx, op);
+        } else if let Err(lost) = self.lane_tx.send(vec![op]) {
+            for op in lost.0 {
+                self.lane_ops.fetch_sub(1, Ordering::AcqRel);
+                self.lane_bytes.fetch_sub(op.bytes, Ordering::AcqRel);
+            }
         }
     }
 
@@ -432,7 +433,7 @@ impl RedisLink {
     }
 
     /// Takes the lane's receiver (once) for [`run_lane`].
-    fn take_lane(&self) -> Option<mpsc::UnboundedReceiver<LaneOp>> {
+    fn take_lane(&self) -> Option<mpsc::UnboundedReceiver<Vec<LaneOp>>> {
         self.lane_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -668,6 +669,43 @@ impl RedisLink {
     }
 }
 
+thread_local! {
+    /// Lane operations made on this thread since its current pass over its
+    /// ready tasks began, per lane (one per instance; tests run several in
+    /// one process): handed to the lane together when the pass ends.
+    static GATHERED: std::cell::RefCell<Vec<(LaneSender, Vec<LaneOp>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The sending side of a lane: batches of operations, in order.
+type LaneSender = mpsc::UnboundedSender<Vec<LaneOp>>;
+
+/// Queues `op` for the lane behind `tx` with the others this thread makes
+/// in the same pass, so that the lane's thread is woken once per pass and
+/// takes them as one batch, rather than woken by the first and handed the
+/// rest in small pieces. One thread's operations keep their order; a room's
+/// all come from its own thread.
+fn gather(tx: &LaneSender, op: LaneOp) {
+    let first = GATHERED.with_borrow_mut(|g| {
+        let first = g.is_empty();
+        match g.iter_mut().find(|(t, _)| t.same_channel(tx)) {
+            Some((_, ops)) => ops.push(op),
+            None => g.push((tx.clone(), vec![op])),
+        }
+        first
+    });
+    if first {
+        // Runs after the tasks already ready on this thread.
+        actix_rt::spawn(async {
+            for (tx, ops) in GATHERED.with_borrow_mut(std::mem::take) {
+                // The lane ends only with the process; its ops then go
+                // unsent, as they would have.
+                let _ = tx.send(ops);
+            }
+        });
+    }
+}
+
 /// Drains the publish lane: takes what is queued (up to [`LANE_BATCH`]
 /// ops) into one pipeline, writes it on the lane connection, waits for the
 /// replies, and goes on. One batch in flight at a time keeps the order;
@@ -677,7 +715,14 @@ pub(crate) async fn run_lane(link: Arc<RedisLink>) {
         return;
     };
     let mut batch: Vec<LaneOp> = Vec::with_capacity(LANE_BATCH);
-    while rx.recv_many(&mut batch, LANE_BATCH).await > 0 {
+    while let Some(first) = rx.recv().await {
+        batch.extend(first);
+        while batch.len() < LANE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
         let ops = batch.len();
         let bytes: usize = batch.iter().map(|op| op.bytes).sum();
         let conn = link.lane_connection();
