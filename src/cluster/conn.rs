@@ -23,16 +23,19 @@ pub(crate) fn node_urls(url: &str, cluster: bool) -> Vec<String> {
     }
 }
 
+/// Idle time before the kernel probes a Redis connection (a peer that
+/// vanished is noticed by the kernel too, not only by the heartbeat).
+pub(crate) const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How to reach one node: its URL, with TCP_NODELAY (a publication must not
-/// wait for the previous one's ACK) and TCP keepalive (a peer that vanished
-/// is noticed by the kernel too, not only by the heartbeat).
+/// wait for the previous one's ACK) and TCP keepalive ([`KEEPALIVE`]).
 pub(crate) fn connection_info(url: &str) -> redis::RedisResult<redis::ConnectionInfo> {
     use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
     let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     Ok(info.set_tcp_settings(
         TcpSettings::default()
             .set_nodelay(true)
-            .set_keepalive(TcpKeepalive::new().with_time(std::time::Duration::from_secs(10))),
+            .set_keepalive(TcpKeepalive::new().with_time(KEEPALIVE)),
     ))
 }
 

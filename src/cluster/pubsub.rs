@@ -14,9 +14,7 @@
 //! A Redis Cluster (sharded pub/sub, RESP3 pushes) keeps redis-rs; so do
 //! the publish lane and the request/response pool.
 
-use std::collections::VecDeque;
 use std::io;
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::BoxStream;
@@ -199,12 +197,11 @@ impl Incoming {
     async fn next(&mut self) -> Option<Publication> {
         loop {
             loop {
-                let parsed = match parse(&self.buf) {
+                let (frame, used) = match parse(&self.buf) {
                     Ok(Some(p)) => p,
                     Ok(None) => break,
                     Err(_) => return None,
                 };
-                let (frame, used) = parsed;
                 let publication = match frame {
                     Frame::Message { channel, payload } => {
                         let theirs = wire::origin(payload).is_some_and(|o| o != self.own);
@@ -248,11 +245,10 @@ impl Incoming {
 pub(crate) struct Sink {
     write: Writer,
     replies: mpsc::UnboundedReceiver<Reply>,
-    /// Answers still owed to commands whose caller stopped waiting (a
-    /// timeout): they are read and dropped before the next command's.
+    /// Answers still owed to the last command (one command is out at a
+    /// time). If its caller stopped waiting (a timeout), they are read and
+    /// dropped before the next command's.
     owed: usize,
-    /// The replies each command still owes, oldest first.
-    queue: VecDeque<usize>,
     /// A write was cut off (its caller timed out): the connection holds
     /// half a command and cannot be used any more.
     broken: bool,
@@ -276,7 +272,6 @@ impl Sink {
         self.broken = true;
         self.write.write_all(&out).await?;
         self.broken = false;
-        self.queue.push_back(answers);
         self.owed = answers;
         let mut error = None;
         while self.owed > 0 {
@@ -293,7 +288,7 @@ impl Sink {
     }
 
     /// Takes one answer off the connection, accounting for what it settles:
-    /// an error answers its whole command.
+    /// an error answers the whole command.
     async fn take_one(&mut self) -> io::Result<Reply> {
         let reply = self.replies.recv().await.ok_or_else(|| {
             io::Error::new(
@@ -301,17 +296,10 @@ impl Sink {
                 "the subscription connection closed",
             )
         })?;
-        let settles = match &reply {
-            Reply::Error(_) => self.queue.front().copied().unwrap_or(1),
-            _ => 1,
+        self.owed = match &reply {
+            Reply::Error(_) => 0,
+            _ => self.owed.saturating_sub(1),
         };
-        self.owed = self.owed.saturating_sub(settles);
-        if let Some(front) = self.queue.front_mut() {
-            *front = front.saturating_sub(settles);
-            if *front == 0 {
-                self.queue.pop_front();
-            }
-        }
         Ok(reply)
     }
 
@@ -346,7 +334,6 @@ fn over(read: Reader, write: Writer, own: NodeTag) -> (Sink, Incoming) {
         write,
         replies: rx,
         owed: 0,
-        queue: VecDeque::new(),
         broken: false,
     };
     let incoming = Incoming {
@@ -372,7 +359,7 @@ pub(crate) async fn connect(
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
             socket2::SockRef::from(&stream).set_tcp_keepalive(
-                &socket2::TcpKeepalive::new().with_time(Duration::from_secs(10)),
+                &socket2::TcpKeepalive::new().with_time(super::conn::KEEPALIVE),
             )?;
             let (r, w) = stream.into_split();
             (Box::new(r), Box::new(w))
@@ -421,6 +408,8 @@ pub(crate) async fn connect(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn message(channel: &str, payload: &[u8]) -> Vec<u8> {

@@ -164,7 +164,7 @@ pub(crate) struct RedisLink {
     pub scripts: Scripts,
     pub metrics: Metrics,
     lane_tx: LaneSender,
-    lane_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<LaneOp>>>>,
+    lane_rx: Mutex<Option<LaneReceiver>>,
     lane_conn: Mutex<Option<Conn>>,
     /// Bytes queued in the lane and not yet written to Redis.
     lane_bytes: AtomicUsize,
@@ -324,14 +324,7 @@ impl RedisLink {
             group,
             reply,
         };
-        if actix_rt::Arbiter::try_current().is_some() {
-            gather(&self.lane_tx, op);
-        } else if let Err(lost) = self.lane_tx.send(vec![op]) {
-            for op in lost.0 {
-                self.lane_ops.fetch_sub(1, Ordering::AcqRel);
-                self.lane_bytes.fetch_sub(op.bytes, Ordering::AcqRel);
-            }
-        }
+        gather(&self.lane_tx, op);
     }
 
     /// Publishes a payload on a room's channel (one PUBLISH per room
@@ -433,7 +426,7 @@ impl RedisLink {
     }
 
     /// Takes the lane's receiver (once) for [`run_lane`].
-    fn take_lane(&self) -> Option<mpsc::UnboundedReceiver<Vec<LaneOp>>> {
+    fn take_lane(&self) -> Option<LaneReceiver> {
         self.lane_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -677,8 +670,9 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The sending side of a lane: batches of operations, in order.
+/// The two sides of a lane: batches of operations, in order.
 type LaneSender = mpsc::UnboundedSender<Vec<LaneOp>>;
+type LaneReceiver = mpsc::UnboundedReceiver<Vec<LaneOp>>;
 
 /// Queues `op` for the lane behind `tx` with the others this thread makes
 /// in the same pass, so that the lane's thread is woken once per pass and
@@ -694,15 +688,23 @@ fn gather(tx: &LaneSender, op: LaneOp) {
         }
         first
     });
-    if first {
+    if !first {
+        return;
+    }
+    if actix_rt::Arbiter::try_current().is_some() {
         // Runs after the tasks already ready on this thread.
-        actix_rt::spawn(async {
-            for (tx, ops) in GATHERED.with_borrow_mut(std::mem::take) {
-                // The lane ends only with the process; its ops then go
-                // unsent, as they would have.
-                let _ = tx.send(ops);
-            }
-        });
+        actix_rt::spawn(async { hand_over_gathered() });
+    } else {
+        // Not on an actix thread: nothing would run the task; at once.
+        hand_over_gathered();
+    }
+}
+
+fn hand_over_gathered() {
+    for (tx, ops) in GATHERED.with_borrow_mut(std::mem::take) {
+        // The lane ends only with the process; its ops then go unsent, as
+        // they would have.
+        let _ = tx.send(ops);
     }
 }
 
